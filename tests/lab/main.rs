@@ -1,0 +1,6 @@
+//! Tests that need a real KVM: each runs inside the lab (see tests/lab/run and LAB.md).
+//! One file per feature.
+
+mod containerd_runc;
+mod guest_boot;
+mod kvm;

@@ -1,0 +1,51 @@
+//! Where the tests find what the build made: the guest kernel, the initramfs and the busybox
+//! OCI image. `make test` builds them on the host and passes their paths in `CARAPACE_*`
+//! variables; without those, the build scripts are run (they are cached and print the path
+//! last).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn from_env_or_script(var: &str, script: &str, args: &[&str]) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "{var}={} does not exist", p.display());
+        return p;
+    }
+    let path = crate::repo_root().join(script);
+    let out = Command::new(&path)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(out.status.success(), "{script} failed: {}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default().trim();
+    let p = PathBuf::from(last);
+    assert!(
+        p.exists(),
+        "{script} printed '{last}', which does not exist"
+    );
+    p
+}
+
+/// The guest kernel (`vmlinux`, PVH-bootable).
+pub fn guest_kernel() -> PathBuf {
+    from_env_or_script("CARAPACE_GUEST_KERNEL", "guest-kernel/build", &[])
+}
+
+/// The guest initramfs with the agent as `/init`.
+pub fn initramfs() -> PathBuf {
+    from_env_or_script("CARAPACE_INITRAMFS", "images/build-initramfs", &[])
+}
+
+/// The busybox OCI image tarball, named [`BUSYBOX_IMAGE`] once imported.
+pub fn busybox_image() -> PathBuf {
+    from_env_or_script("CARAPACE_BUSYBOX_IMAGE", "images/build-busybox-image", &[])
+}
+
+/// The reference the busybox image carries in containerd.
+pub const BUSYBOX_IMAGE: &str = "localhost/carapace/busybox:latest";
+
+/// The marker the guest's init prints on the serial console once it runs.
+pub const AGENT_BOOT_MARKER: &str = "carapace-agent: init reached";

@@ -1,0 +1,187 @@
+//! A private containerd for one test: its own config, root, state and sockets under a fresh
+//! directory, driven with `ctr`. Dropping it stops containerd and every shim it started,
+//! unmounts what it left mounted and removes the directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// The containerd namespace tests use.
+pub const NAMESPACE: &str = "carapace-test";
+
+/// A running containerd on private sockets.
+pub struct Containerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    /// Starts containerd (Debian's, from PATH) and waits until it answers `ctr version`.
+    pub fn start() -> Containerd {
+        let dir = make_temp_dir("carapace-containerd");
+        let config = dir.join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+# The CRI plugin is not used by these tests and binds 127.0.0.1 ports: keep it out.
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+"#,
+                d = dir.display()
+            ),
+        )
+        .expect("write containerd config");
+        let log = fs::File::create(dir.join("containerd.log")).expect("create containerd log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start containerd (is it installed? run tests/install-deps)");
+        let mut c = Containerd { dir, child };
+        let ready = crate::lab::wait_for(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                panic!("containerd exited at start with {status}:\n{}", c.log());
+            }
+            let ok = c.socket().exists()
+                && c.ctr(["version"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            ok.then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "containerd did not answer within 60 s:\n{}",
+            c.log()
+        );
+        c
+    }
+
+    /// containerd's gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// What containerd has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A `ctr` command talking to this containerd in the test namespace.
+    pub fn ctr<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        cmd
+    }
+
+    /// Runs `ctr` with `args` and returns its output, panicking with everything useful if it
+    /// cannot be started.
+    pub fn ctr_output<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.ctr(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Imports an OCI image tarball.
+    pub fn import(&self, tarball: &Path) {
+        let out = self.ctr_output([
+            Path::new("images").as_os_str(),
+            "import".as_ref(),
+            tarball.as_os_str(),
+        ]);
+        assert!(
+            out.status.success(),
+            "ctr images import {} failed: {}\n{}",
+            tarball.display(),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Shims outlive containerd by design: end every process started for this instance.
+        let marker = self.dir.to_string_lossy().into_owned();
+        for pid in processes_mentioning(&marker) {
+            if pid != self.child.id() {
+                // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        unmount_under(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Creates a fresh directory `/tmp/<prefix>.<random>`.
+pub fn make_temp_dir(prefix: &str) -> PathBuf {
+    let mut template = format!("/tmp/{prefix}.XXXXXX\0").into_bytes();
+    // SAFETY: mkdtemp gets a writable NUL-terminated buffer that ends in XXXXXX.
+    let p = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+    assert!(!p.is_null(), "mkdtemp: {}", std::io::Error::last_os_error());
+    template.pop();
+    PathBuf::from(String::from_utf8(template).expect("mkdtemp returns the template's bytes"))
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// Mount points at or under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    mounts
+}
+
+fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir) {
+        let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+        // SAFETY: umount2 with a NUL-terminated path; MNT_DETACH never blocks.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}

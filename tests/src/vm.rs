@@ -1,0 +1,157 @@
+//! Booting guests in tests: the QEMU microvm command line carapace is measured against, and a
+//! [`Console`] that collects a VM's serial output line by line with deadlines, killing the VM
+//! if a test gives up on it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// QEMU's microvm with KVM booting `kernel` and `initrd` directly, serial console on stdout,
+/// exiting when the guest reboots.
+pub fn qemu_microvm(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    vcpus: u32,
+    mem_mib: u32,
+) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",
+    ])
+    .args(["-enable-kvm", "-cpu", "host"])
+    .args(["-smp", &vcpus.to_string(), "-m", &mem_mib.to_string()])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args([
+        "-chardev",
+        "stdio,id=con,signal=off",
+        "-serial",
+        "chardev:con",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", cmdline]);
+    cmd
+}
+
+/// A running VM process whose stdout is its console.
+pub struct Console {
+    child: Child,
+    lines: Receiver<String>,
+    text: String,
+    start: Instant,
+}
+
+impl Console {
+    /// Starts `cmd` with stdout captured; its stderr goes to the test's.
+    pub fn spawn(cmd: &mut Command) -> Console {
+        let start = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Console {
+            child,
+            lines,
+            text: String::new(),
+            start,
+        }
+    }
+
+    /// Everything the VM printed so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Time since the VM process started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Waits for a line containing `needle`; returns when it came (since start). Panics with
+    /// the console so far if it does not come within `timeout` or the VM stops first.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.text.push_str(&line);
+                    self.text.push('\n');
+                    if found {
+                        return self.start.elapsed();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no line with '{needle}' within {timeout:?}; console:\n{}",
+                        self.text
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().expect("wait for the VM");
+                    panic!(
+                        "the VM exited ({status}) before printing '{needle}'; console:\n{}",
+                        self.text
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the VM process to exit, collecting the rest of its console.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.text.push_str(&line);
+                    self.text.push('\n');
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.child.wait().expect("wait for the VM")
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "the VM did not exit within {timeout:?}; console:\n{}",
+                        self.text
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
