@@ -4,3 +4,5 @@
 mod containerd_runc;
 mod guest_boot;
 mod kvm;
+mod vmm_boot;
+mod vmm_devices;

@@ -39,6 +39,31 @@ pub fn initramfs() -> PathBuf {
     from_env_or_script("CARAPACE_INITRAMFS", "images/build-initramfs", &[])
 }
 
+/// The VMM tests' initramfs: busybox, tests/guest/init and carapace-vsock-probe.
+pub fn test_initramfs() -> PathBuf {
+    from_env_or_script("CARAPACE_TEST_INITRAMFS", "images/build-test-initramfs", &[])
+}
+
+/// The carapace-vmm binary built by cargo for this test run.
+pub fn vmm_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARAPACE_VMM") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/<profile>/deps/<test> -> target/<profile>/carapace-vmm
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("carapace-vmm"))
+        .expect("the test binary lives in target/<profile>/deps");
+    assert!(
+        p.exists(),
+        "{} does not exist: build it first (cargo build -p carapace-vmm)",
+        p.display()
+    );
+    p
+}
+
 /// The busybox OCI image tarball, named [`BUSYBOX_IMAGE`] once imported.
 pub fn busybox_image() -> PathBuf {
     from_env_or_script("CARAPACE_BUSYBOX_IMAGE", "images/build-busybox-image", &[])

@@ -45,6 +45,26 @@ pub fn qemu_microvm(
     cmd
 }
 
+/// carapace-vmm booting `kernel` and `initrd` with `vcpus` and `mem_mib`, serial console on
+/// stdout; add devices with further arguments.
+pub fn carapace_vmm(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    vcpus: u32,
+    mem_mib: u32,
+) -> Command {
+    let mut cmd = Command::new(crate::artifacts::vmm_binary());
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .arg("--initramfs")
+        .arg(initrd)
+        .args(["--cmdline", cmdline])
+        .args(["--vcpus", &vcpus.to_string()])
+        .args(["--memory-mib", &mem_mib.to_string()]);
+    cmd
+}
+
 /// A running VM process whose stdout is its console.
 pub struct Console {
     child: Child,
@@ -121,6 +141,11 @@ impl Console {
                 }
             }
         }
+    }
+
+    /// The VM process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the VM process to exit, collecting the rest of its console.

@@ -1,3 +1,10 @@
-//! carapace-vmm: the KVM microVM monitor (VM and vCPUs, guest memory, direct kernel boot,
-//! virtio-mmio devices, control API). The machine itself lands with the VMM issue; today the
-//! library only names what it will own.
+//! carapace-vmm: the KVM microVM monitor. It owns the VM and its vCPUs, guest memory, direct
+//! kernel boot, the devices the guest sees (serial, i8042, virtio-mmio) and the control API.
+
+pub mod api;
+pub mod arch;
+pub mod bus;
+pub mod config;
+pub mod devices;
+pub mod vcpu;
+pub mod vm;

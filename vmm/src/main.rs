@@ -1,5 +1,257 @@
-//! The `carapace-vmm` binary: boots one microVM from a config file or flags.
+//! The `carapace-vmm` binary: boots one microVM from a JSON config file (`--config`) or from
+//! flags, serves the control socket, and exits with a status saying how the guest ended:
+//! 0 reset, power-off or API shutdown; 3 triple fault; 1 error; 2 refused configuration.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("carapace-vmm is not implemented yet (the VMM issue builds it)")
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use carapace_vmm::api::ApiServer;
+use carapace_vmm::config::{BlockConfig, NetConfig, Serial, VmConfig, VsockConfig};
+use carapace_vmm::vm::Machine;
+
+const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
+       [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
+       [--api-socket PATH] [--block PATH[,ro]]... [--net TAP[,mac=MAC]|fd=N[,mac=MAC]]...
+       [--vsock CID,PATH] [--rng]
+Flags override the config file's values; --block and --net add to its devices.
+Set CARAPACE_VMM_STARTUP_REPORT=1 to print CPU time and RSS at the first KVM_RUN.";
+
+/// A command line the VMM refuses.
+#[derive(Debug)]
+struct UsageError(String);
+
+fn parse_args(args: Vec<String>) -> Result<VmConfig, UsageError> {
+    let mut it = args.into_iter();
+    let mut file: Option<VmConfig> = None;
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    while let Some(flag) = it.next() {
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (flag.clone(), None),
+        };
+        let takes_value = !matches!(name.as_str(), "--rng" | "--help" | "-h");
+        let value = if takes_value {
+            match inline {
+                Some(v) => Some(v),
+                None => Some(
+                    it.next()
+                        .ok_or_else(|| UsageError(format!("{name} needs a value")))?,
+                ),
+            }
+        } else {
+            None
+        };
+        if name == "--config" {
+            let path = value.unwrap_or_default();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| UsageError(format!("--config {path}: {e}")))?;
+            file = Some(
+                VmConfig::from_json(&text)
+                    .map_err(|e| UsageError(format!("--config {path}: {e}")))?,
+            );
+        } else {
+            flags.push((name, value));
+        }
+    }
+    let kernel = flags
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "--kernel")
+        .and_then(|(_, v)| v.clone());
+    let mut config = match (file, kernel) {
+        (Some(c), _) => c,
+        (None, Some(k)) => VmConfig::new(PathBuf::from(k)),
+        (None, None) => return Err(UsageError("give --kernel or --config".into())),
+    };
+    for (name, value) in flags {
+        let v = value.unwrap_or_default();
+        let number = |what: &str| -> Result<u64, UsageError> {
+            v.parse()
+                .map_err(|_| UsageError(format!("{what}: `{v}` is not a number")))
+        };
+        match name.as_str() {
+            "--kernel" => config.kernel = v.into(),
+            "--initramfs" => config.initramfs = Some(v.into()),
+            "--cmdline" => config.cmdline = v,
+            "--vcpus" => {
+                config.vcpus = u8::try_from(number("--vcpus")?)
+                    .map_err(|_| UsageError(format!("--vcpus: {v} is too many")))?
+            }
+            "--memory-mib" => config.memory_mib = number("--memory-mib")?,
+            "--serial" => {
+                config.serial = match v.as_str() {
+                    "stdout" => Serial::Stdout,
+                    "off" => Serial::Off,
+                    path => Serial::File(path.into()),
+                }
+            }
+            "--api-socket" => config.api_socket = Some(v.into()),
+            "--block" => {
+                let (path, ro) = match v.strip_suffix(",ro") {
+                    Some(p) => (p, true),
+                    None => (v.as_str(), false),
+                };
+                config.block.push(BlockConfig {
+                    path: path.into(),
+                    read_only: ro,
+                });
+            }
+            "--net" => {
+                let mut net = NetConfig {
+                    tap: None,
+                    tap_fd: None,
+                    mac: None,
+                };
+                for part in v.split(',') {
+                    if let Some(mac) = part.strip_prefix("mac=") {
+                        net.mac = Some(mac.into());
+                    } else if let Some(fd) = part.strip_prefix("fd=") {
+                        net.tap_fd = Some(fd.parse().map_err(|_| {
+                            UsageError(format!("--net: fd `{fd}` is not a number"))
+                        })?);
+                    } else {
+                        net.tap = Some(part.into());
+                    }
+                }
+                config.net.push(net);
+            }
+            "--vsock" => {
+                let (cid, path) = v
+                    .split_once(',')
+                    .ok_or_else(|| UsageError(format!("--vsock: `{v}` is not CID,PATH")))?;
+                config.vsock = Some(VsockConfig {
+                    cid: cid
+                        .parse()
+                        .map_err(|_| UsageError(format!("--vsock: cid `{cid}` is not a number")))?,
+                    socket: path.into(),
+                });
+            }
+            "--rng" => config.rng = true,
+            "--help" | "-h" => return Err(UsageError(String::new())),
+            other => return Err(UsageError(format!("unknown option {other}"))),
+        }
+    }
+    Ok(config)
+}
+
+/// CPU time this process has used, in microseconds.
+fn cpu_time_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+fn main() -> ExitCode {
+    env_logger_init();
+    let config = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(c) => c,
+        Err(UsageError(msg)) if msg.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(UsageError(msg)) => {
+            eprintln!("carapace-vmm: {msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = config.validate() {
+        eprintln!("carapace-vmm: {e}");
+        return ExitCode::from(2);
+    }
+    let mut machine = match Machine::new(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("carapace-vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if std::env::var_os("CARAPACE_VMM_STARTUP_REPORT").is_some() {
+        let handle = machine.handle();
+        machine.on_first_run(Box::new(move || {
+            eprintln!(
+                "carapace-vmm: first KVM_RUN after {} us of CPU, overhead RSS {} KiB",
+                cpu_time_us(),
+                handle.overhead_rss_kib().unwrap_or(0)
+            );
+        }));
+    }
+    let _api = match &config.api_socket {
+        Some(path) => match ApiServer::start(path, machine.handle()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("carapace-vmm: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let reason = machine.run();
+    eprintln!("carapace-vmm: {reason}");
+    ExitCode::from(reason.exit_code() as u8)
+}
+
+/// Log to stderr at the level in CARAPACE_LOG (error, warn, info, debug; default warn).
+fn env_logger_init() {
+    struct Stderr(log::LevelFilter);
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= self.0
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("carapace-vmm: {}: {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let level = match std::env::var("CARAPACE_LOG").as_deref() {
+        Ok("error") => log::LevelFilter::Error,
+        Ok("info") => log::LevelFilter::Info,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Warn,
+    };
+    log::set_max_level(level);
+    static LOGGER: std::sync::OnceLock<Stderr> = std::sync::OnceLock::new();
+    let _ = log::set_logger(LOGGER.get_or_init(|| Stderr(level)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_build_a_config() {
+        let c = parse_args(args(&[
+            "--kernel", "/k", "--vcpus=2", "--memory-mib", "256", "--block", "/d,ro", "--net",
+            "tap0,mac=02:00:00:00:00:01", "--vsock", "3,/tmp/v.sock", "--rng", "--serial", "off",
+        ]))
+        .unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!((c.vcpus, c.memory_mib), (2, 256));
+        assert!(c.block[0].read_only);
+        assert_eq!(c.net[0].tap.as_deref(), Some("tap0"));
+        assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
+        assert!(c.rng);
+        assert_eq!(c.serial, Serial::Off);
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let e = parse_args(args(&["--kernel", "/k", "--vcpu", "2"])).unwrap_err();
+        assert!(e.0.contains("--vcpu"), "{}", e.0);
+        let e = parse_args(args(&["--kernel", "/k", "--vcpus", "two"])).unwrap_err();
+        assert!(e.0.contains("--vcpus"), "{}", e.0);
+        let e = parse_args(args(&["--kernel"])).unwrap_err();
+        assert!(e.0.contains("--kernel"), "{}", e.0);
+        assert!(parse_args(args(&["--vcpus", "1"])).is_err());
+    }
 }

@@ -1,0 +1,110 @@
+//! carapace-vmm boots the guest kernel to its init, with the vCPUs asked for, ends cleanly
+//! when the guest reboots, refuses bad configurations by name, and obeys its control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use carapace_tests::artifacts::{guest_kernel, test_initramfs, vmm_binary};
+use carapace_tests::lab::{ms, wait_for};
+use carapace_tests::lab_test;
+use carapace_tests::vm::{carapace_vmm, Console};
+
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet";
+
+lab_test! {
+    fn vmm_boots_the_guest_to_init_with_two_vcpus() {
+        let (kernel, initrd) = (guest_kernel(), test_initramfs());
+        let mut cmd = carapace_vmm(&kernel, &initrd, CMDLINE, 2, 256);
+        let mut guest = Console::spawn(&mut cmd);
+        let marker = guest.wait_for_line("carapace-test: init reached", Duration::from_secs(120));
+        let status = guest.wait_exit(Duration::from_secs(60));
+        assert_eq!(status.code(), Some(0), "the VMM should exit 0 on a guest reboot:\n{}", guest.text());
+        assert!(guest.text().contains("cpus=2"), "the guest did not see 2 vCPUs:\n{}", guest.text());
+        println!("lab figure: carapace-vmm start to init marker {:.0} ms", ms(marker));
+    }
+}
+
+lab_test! {
+    fn vmm_refuses_bad_configurations_naming_the_problem() {
+        let run = |args: &[&str]| {
+            let out = Command::new(vmm_binary()).args(args).output().expect("run carapace-vmm");
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let kernel = guest_kernel();
+        let k = kernel.to_str().unwrap();
+        let (code, err) = run(&["--kernel", "/nonexistent/vmlinux"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("kernel") && err.contains("/nonexistent/vmlinux"), "{err}");
+        let (code, err) = run(&["--kernel", k, "--vcpus", "0"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("vcpus"), "{err}");
+        let (code, err) = run(&["--kernel", k, "--frobnicate", "1"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("--frobnicate"), "{err}");
+        let dir = tempdir();
+        let cfg = dir.join("vm.json");
+        std::fs::write(&cfg, format!(r#"{{"kernel": "{k}", "memory": 128}}"#)).unwrap();
+        let (code, err) = run(&["--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("`memory`"), "{err}");
+        // Not an ELF kernel: refused at start, nothing left behind.
+        let bogus = dir.join("bogus");
+        std::fs::write(&bogus, vec![0u8; 4096]).unwrap();
+        let sock = dir.join("api.sock");
+        let (code, err) = run(&["--kernel", bogus.to_str().unwrap(), "--api-socket", sock.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+        assert!(!sock.exists(), "the control socket was left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("carapace-vmm-test-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64
+}
+
+fn request(sock: &std::path::Path, op: &str) -> String {
+    let mut s = UnixStream::connect(sock).expect("connect to the control socket");
+    writeln!(s, r#"{{"op": "{op}"}}"#).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+lab_test! {
+    fn vmm_control_socket_pauses_resumes_and_shuts_down() {
+        let (kernel, initrd) = (guest_kernel(), test_initramfs());
+        let dir = tempdir();
+        let sock = dir.join("api.sock");
+        let mut cmd = carapace_vmm(&kernel, &initrd, &format!("{CMDLINE} carapace.test=wait"), 1, 128);
+        cmd.arg("--api-socket").arg(&sock);
+        let mut guest = Console::spawn(&mut cmd);
+        guest.wait_for_line("waiting", Duration::from_secs(120));
+        let status = request(&sock, "status");
+        assert!(status.contains(r#""state":"running""#), "{status}");
+        assert!(status.contains(r#""overhead_rss_kib""#), "{status}");
+        let paused = request(&sock, "pause");
+        assert!(paused.contains(r#""ok":true"#), "{paused}");
+        assert!(request(&sock, "status").contains(r#""state":"paused""#));
+        let resumed = request(&sock, "resume");
+        assert!(resumed.contains(r#""state":"running""#), "{resumed}");
+        let bad = request(&sock, "explode");
+        assert!(bad.contains(r#""ok":false"#) && bad.contains("explode"), "{bad}");
+        let bye = request(&sock, "shutdown");
+        assert!(bye.contains(r#""ok":true"#), "{bye}");
+        let status = guest.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", guest.text());
+        assert!(wait_for(Duration::from_secs(2), || (!sock.exists()).then_some(())).is_some(),
+            "the control socket was left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,498 @@
+//! The machine: a KVM VM assembled from a [`VmConfig`] (memory, boot, legacy and virtio
+//! devices, vCPUs), run until the guest resets, faults or is shut down, and the handle the
+//! control API uses to pause, resume, stop and inspect it.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{
+    EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps,
+};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use linux_loader::loader::Cmdline;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch;
+use crate::bus::{Bus, SharedDevice};
+use crate::config::{Serial, VmConfig};
+use crate::devices::legacy::{I8042, ResetTrigger, SerialConsole, I8042_PORT, SERIAL_IRQ, SERIAL_PORT};
+use crate::devices::virtio::mmio::{MmioSubscriber, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use crate::devices::virtio::VirtioDevice;
+use crate::vcpu::{self, VcpuControl, VcpuRunner};
+
+/// Why a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest rebooted (i8042 reset or a reset system event); carapace guests reboot to
+    /// power off.
+    Reset,
+    /// The guest powered off (a shutdown system event).
+    PowerOff,
+    /// A vCPU triple-faulted.
+    TripleFault,
+    /// The control API asked the VM to stop.
+    Shutdown,
+    /// The VMM hit an error it cannot recover from.
+    Error(String),
+}
+
+impl ExitReason {
+    /// The VMM's exit status for this reason: 0 for an orderly end, 3 for a triple fault,
+    /// 1 for an error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Shutdown => 0,
+            ExitReason::TripleFault => 3,
+            ExitReason::Error(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Reset => write!(f, "guest reset"),
+            ExitReason::PowerOff => write!(f, "guest powered off"),
+            ExitReason::TripleFault => write!(f, "guest triple fault"),
+            ExitReason::Shutdown => write!(f, "shut down through the control API"),
+            ExitReason::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// Where the VM's end is announced: the first reason wins, and an eventfd wakes the loop.
+pub struct VmExit {
+    reason: Mutex<Option<ExitReason>>,
+    evt: EventFd,
+}
+
+impl VmExit {
+    /// A VM that has not ended.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(VmExit {
+            reason: Mutex::new(None),
+            evt: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Ends the VM for `reason` (later reasons are ignored).
+    pub fn exit(&self, reason: ExitReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            log::debug!("VM exit: {reason}");
+            *r = Some(reason);
+        }
+        let _ = self.evt.write(1);
+    }
+
+    /// The reason the VM ended, once it has.
+    pub fn reason(&self) -> Option<ExitReason> {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Why a machine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The configuration is refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// /dev/kvm is missing or lacks a capability.
+    #[error("/dev/kvm: {0}")]
+    Kvm(String),
+    /// A KVM VM ioctl failed.
+    #[error("{0}")]
+    Vm(String),
+    /// Guest memory could not be set up.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// The kernel, initramfs or boot structures could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] arch::boot::BootError),
+    /// A device could not be created.
+    #[error("{0}")]
+    Device(String),
+}
+
+fn vm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> MachineError {
+    move |e| MachineError::Vm(format!("{what}: {e}"))
+}
+
+/// Counters of one virtio device, for the control API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceStatus {
+    /// The device's name.
+    pub name: String,
+    /// Its MMIO window.
+    pub mmio_base: u64,
+    /// Its interrupt line.
+    pub irq: u32,
+    /// Whether the driver activated it.
+    pub driver_ok: bool,
+    /// Malformed requests refused.
+    pub bad_requests: u64,
+    /// Requests completed.
+    pub requests: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+/// What the control API can do to a running machine.
+#[derive(Clone)]
+pub struct MachineHandle {
+    control: Arc<VcpuControl>,
+    exit: Arc<VmExit>,
+    transports: Vec<(Arc<Mutex<MmioTransport>>, u64, u32)>,
+    started: Instant,
+    guest_ranges: Vec<(usize, usize)>,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+}
+
+impl MachineHandle {
+    /// Pauses all vCPUs (devices keep their state; queues are not served while the guest
+    /// cannot kick them).
+    pub fn pause(&self) {
+        self.control.pause();
+    }
+
+    /// Resumes the vCPUs.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// Stops the VM.
+    pub fn shutdown(&self) {
+        self.exit.exit(ExitReason::Shutdown);
+    }
+
+    /// Milliseconds since the machine started.
+    pub fn uptime_ms(&self) -> u128 {
+        self.started.elapsed().as_millis()
+    }
+
+    /// The virtio devices' counters.
+    pub fn devices(&self) -> Vec<DeviceStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.transports
+            .iter()
+            .map(|(t, base, irq)| {
+                let t = t.lock().unwrap_or_else(|e| e.into_inner());
+                let c = t.device().counters();
+                DeviceStatus {
+                    name: t.name().to_string(),
+                    mmio_base: *base,
+                    irq: *irq,
+                    driver_ok: t.status() & 4 != 0,
+                    bad_requests: c.bad_requests.load(Relaxed),
+                    requests: c.requests.load(Relaxed),
+                    bytes: c.bytes.load(Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Resident memory of this process outside guest memory, in KiB (from /proc/self/smaps).
+    pub fn overhead_rss_kib(&self) -> Option<u64> {
+        overhead_rss_kib(&self.guest_ranges)
+    }
+}
+
+/// Sums the resident size of every mapping of this process that is not guest memory.
+fn overhead_rss_kib(guest: &[(usize, usize)]) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut total = 0u64;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                in_guest = guest.iter().any(|&(s, len)| start >= s && end <= s + len);
+                continue;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("Rss:") {
+            if !in_guest {
+                total += rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
+}
+
+/// Watches the exit eventfd from the event loop.
+struct ExitSubscriber(Arc<VmExit>);
+
+impl MutEventSubscriber for ExitSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0.evt, EventSet::IN)) {
+            log::error!("cannot watch the VM's exit event: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.evt.read();
+    }
+}
+
+type Subscriber = Box<dyn MutEventSubscriber + Send>;
+
+/// A VM ready to run.
+pub struct Machine {
+    // Field order is drop order: vCPU threads are joined in `run`, then devices, then the VM.
+    runners: Vec<VcpuRunner>,
+    event_manager: EventManager<Subscriber>,
+    handle: MachineHandle,
+    _serial: SharedDevice,
+    _vm: VmFd,
+    _kvm: Kvm,
+    _mem: GuestMemoryMmap,
+}
+
+/// Builds the virtio devices the configuration asks for, in command-line order.
+fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, MachineError> {
+    use crate::devices::{blk::Block, net::Net, rng::Rng, vsock::Vsock};
+    let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (i, b) in config.block.iter().enumerate() {
+        let dev = Block::new(&b.path, b.read_only)
+            .map_err(|e| MachineError::Device(format!("block[{i}]: {e}")))?;
+        out.push(Box::new(dev));
+    }
+    for (i, n) in config.net.iter().enumerate() {
+        let mac = n.mac.as_deref().and_then(crate::config::parse_mac);
+        let dev = match (&n.tap, n.tap_fd) {
+            (Some(name), _) => Net::with_tap_name(name, mac),
+            (None, Some(fd)) => {
+                // SAFETY: the configuration hands the VMM this inherited descriptor to own;
+                // validation checked it is a descriptor number, and fcntl below checks it is
+                // open before ownership is taken.
+                if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                    return Err(MachineError::Device(format!(
+                        "net[{i}].tap_fd: {fd} is not an open file descriptor"
+                    )));
+                }
+                // SAFETY: `fd` is open (checked above) and nothing else in the VMM owns it.
+                Net::with_tap_fd(unsafe { OwnedFd::from_raw_fd(fd) }, mac)
+            }
+            (None, None) => unreachable!("validated"),
+        }
+        .map_err(|e| MachineError::Device(format!("net[{i}]: {e}")))?;
+        out.push(Box::new(dev));
+    }
+    if let Some(v) = &config.vsock {
+        let dev = Vsock::new(v.cid, v.socket.clone())
+            .map_err(|e| MachineError::Device(format!("vsock: {e}")))?;
+        out.push(Box::new(dev));
+    }
+    if config.rng {
+        out.push(Box::new(Rng::new()));
+    }
+    Ok(out)
+}
+
+impl Machine {
+    /// Builds the VM: everything short of running its vCPUs.
+    pub fn new(config: &VmConfig) -> Result<Machine, MachineError> {
+        config.validate()?;
+        let kvm = Kvm::new().map_err(|e| MachineError::Kvm(e.to_string()))?;
+        for cap in [Cap::Irqchip, Cap::Ioeventfd, Cap::Irqfd, Cap::UserMemory, Cap::Pit2] {
+            if !kvm.check_extension(cap) {
+                return Err(MachineError::Kvm(format!("lacks the {cap:?} capability")));
+            }
+        }
+        let vm = kvm.create_vm().map_err(|e| MachineError::Kvm(format!("KVM_CREATE_VM: {e}")))?;
+        vm.set_tss_address(arch::KVM_TSS_START as usize)
+            .map_err(vm_err("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(arch::KVM_IDENTITY_MAP_START)
+            .map_err(vm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip().map_err(vm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(vm_err("KVM_CREATE_PIT2"))?;
+
+        // Guest memory, registered with KVM one slot per region.
+        let mem_size = config.memory_mib << 20;
+        let mem = arch::create_guest_memory(mem_size)
+            .map_err(|e| MachineError::Memory(format!("{} MiB: {e}", config.memory_mib)))?;
+        let mut guest_ranges = Vec::new();
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| MachineError::Memory(e.to_string()))?;
+            guest_ranges.push((host as usize, region.len() as usize));
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping of `region.len()` bytes owned by `mem`,
+            // which the Machine keeps alive for as long as the VM exists.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(vm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        // Devices: serial and i8042 on the port bus, virtio-mmio on the MMIO bus.
+        let exit = Arc::new(VmExit::new().map_err(|e| MachineError::Device(e.to_string()))?);
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| MachineError::Device(e.to_string()))?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(vm_err("KVM_IRQFD (serial)"))?;
+        let out: Box<dyn Write + Send> = match &config.serial {
+            Serial::Stdout => Box::new(std::io::stdout()),
+            Serial::Off => Box::new(std::io::sink()),
+            Serial::File(p) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| MachineError::Device(format!("serial file {}: {e}", p.display())))?,
+            ),
+        };
+        let serial: SharedDevice = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
+        let bus_err = |e: crate::bus::Overlap| MachineError::Device(e.to_string());
+        pio.insert(serial.clone(), SERIAL_PORT, 8).map_err(bus_err)?;
+        let i8042: SharedDevice = Arc::new(Mutex::new(I8042(vm_superio::I8042Device::new(
+            ResetTrigger(exit.clone()),
+        ))));
+        pio.insert(i8042, I8042_PORT, 5).map_err(bus_err)?;
+
+        let mut cmdline = Cmdline::new(arch::CMDLINE_MAX)
+            .map_err(|e| MachineError::Device(format!("cmdline: {e:?}")))?;
+        cmdline
+            .insert_str(&config.cmdline)
+            .map_err(|e| MachineError::Device(format!("cmdline: {e:?}")))?;
+
+        let mut event_manager: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| MachineError::Device(format!("epoll: {e:?}")))?;
+        let mut transports = Vec::new();
+        for (i, device) in virtio_devices(config)?.into_iter().enumerate() {
+            let base = arch::VIRTIO_MMIO_START + i as u64 * MMIO_LEN;
+            let irq = arch::VIRTIO_IRQ_START + i as u32;
+            let name = device.name().to_string();
+            let t = MmioTransport::new(device, mem.clone())
+                .map_err(|e| MachineError::Device(format!("{name}: {e}")))?;
+            vm.register_irqfd(t.interrupt().eventfd(), irq)
+                .map_err(vm_err("KVM_IRQFD (virtio)"))?;
+            for (q, evt) in t.queue_evts().iter().enumerate() {
+                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
+                    .map_err(vm_err("KVM_IOEVENTFD"))?;
+            }
+            let t = Arc::new(Mutex::new(t));
+            mmio.insert(t.clone(), base, MMIO_LEN).map_err(bus_err)?;
+            event_manager.add_subscriber(Box::new(MmioSubscriber(t.clone())));
+            cmdline
+                .add_virtio_mmio_device(MMIO_LEN, GuestAddress(base), irq, None)
+                .map_err(|e| MachineError::Device(format!("cmdline: {e:?}")))?;
+            transports.push((t, base, irq));
+        }
+        event_manager.add_subscriber(Box::new(ExitSubscriber(exit.clone())));
+
+        // Boot: kernel, initramfs, command line, start info, GDT, MP table.
+        let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
+        let initramfs = match &config.initramfs {
+            Some(p) => Some(arch::boot::load_initramfs(&mem, mem_size, kernel.end, p)?),
+            None => None,
+        };
+        arch::boot::write_boot_info(&mem, mem_size, &cmdline, initramfs)?;
+        arch::boot::write_gdt(&mem)?;
+        arch::mptable::write(&mem, config.vcpus)
+            .map_err(|e| MachineError::Memory(e.to_string()))?;
+
+        // vCPUs.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| MachineError::Kvm(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
+        let control = Arc::new(VcpuControl::default());
+        let mut runners = Vec::new();
+        for index in 0..config.vcpus {
+            let fd = vcpu::create(&vm, &supported, index, config.vcpus, kernel.entry)
+                .map_err(|e| MachineError::Vm(e.to_string()))?;
+            runners.push(VcpuRunner {
+                fd,
+                index,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                exit: exit.clone(),
+                control: control.clone(),
+                on_first_run: None,
+            });
+        }
+
+        Ok(Machine {
+            runners,
+            event_manager,
+            handle: MachineHandle {
+                control,
+                exit,
+                transports,
+                started: Instant::now(),
+                guest_ranges,
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+            },
+            _serial: serial,
+            _vm: vm,
+            _kvm: kvm,
+            _mem: mem,
+        })
+    }
+
+    /// The handle the control API drives the machine with.
+    pub fn handle(&self) -> MachineHandle {
+        self.handle.clone()
+    }
+
+    /// Runs `f` right before vCPU 0's first KVM_RUN.
+    pub fn on_first_run(&mut self, f: Box<dyn FnOnce() + Send>) {
+        if let Some(r) = self.runners.first_mut() {
+            r.on_first_run = Some(f);
+        }
+    }
+
+    /// Runs the VM on this thread (the device event loop) and its vCPUs on threads of their
+    /// own, until it ends; returns why.
+    pub fn run(mut self) -> ExitReason {
+        if let Err(e) = vcpu::install_kick_handler() {
+            return ExitReason::Error(format!("cannot install the vCPU kick handler: {e}"));
+        }
+        let control = self.handle.control.clone();
+        let exit = self.handle.exit.clone();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for r in std::mem::take(&mut self.runners) {
+            match r.spawn() {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    exit.exit(ExitReason::Error(format!("cannot start a vCPU thread: {e}")));
+                    break;
+                }
+            }
+        }
+        while exit.reason().is_none() {
+            if let Err(e) = self.event_manager.run() {
+                exit.exit(ExitReason::Error(format!("event loop: {e:?}")));
+            }
+        }
+        vcpu::join_all(&control, threads, Duration::from_secs(2));
+        exit.reason().unwrap_or(ExitReason::Shutdown)
+    }
+}
