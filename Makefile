@@ -6,7 +6,7 @@ JOBS ?= 2
 CARGO := cargo
 export CARAPACE_JOBS := $(JOBS)
 
-.PHONY: all deps kernels images build lint unit-test lab-test test demo clean
+.PHONY: all deps kernels images build lint unit-test lab-test test bench demo clean
 
 all: build
 
@@ -35,6 +35,15 @@ lab-test: deps
 	tests/lab/test
 
 test: deps lint unit-test lab-test
+
+# Benchmarks print measured figures (host start-up, lab boot against QEMU microvm).
+bench: deps kernels
+	$(CARGO) build --locked --release -j$(JOBS) -p carapace-vmm
+	CARAPACE_VMM=$(CURDIR)/target/release/carapace-vmm \
+	CARAPACE_GUEST_KERNEL=$$(guest-kernel/build | tail -n1) \
+	CARAPACE_LAB_KERNEL=$$(guest-kernel/build --name lab --fragment tests/lab/lab.config | tail -n1) \
+	CARAPACE_TEST_INITRAMFS=$$(images/build-test-initramfs | tail -n1) \
+	$(CARGO) bench --locked -j$(JOBS) -p carapace-tests --bench vmm
 
 demo: deps
 	tests/demo

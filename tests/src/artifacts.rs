@@ -41,7 +41,11 @@ pub fn initramfs() -> PathBuf {
 
 /// The VMM tests' initramfs: busybox, tests/guest/init and carapace-vsock-probe.
 pub fn test_initramfs() -> PathBuf {
-    from_env_or_script("CARAPACE_TEST_INITRAMFS", "images/build-test-initramfs", &[])
+    from_env_or_script(
+        "CARAPACE_TEST_INITRAMFS",
+        "images/build-test-initramfs",
+        &[],
+    )
 }
 
 /// The carapace-vmm binary built by cargo for this test run.

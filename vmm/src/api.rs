@@ -103,7 +103,11 @@ fn serve(stream: UnixStream, handle: &MachineHandle) {
         match reader.read_line(&mut line) {
             Ok(0) => return,
             Ok(n) if n > MAX_REQUEST => {
-                let _ = writeln!(writer, "{}", json!({"ok": false, "error": "request too long"}));
+                let _ = writeln!(
+                    writer,
+                    "{}",
+                    json!({"ok": false, "error": "request too long"})
+                );
                 return;
             }
             Ok(_) => {

@@ -60,7 +60,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => {
@@ -74,7 +76,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,

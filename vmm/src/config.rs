@@ -227,7 +227,9 @@ impl VmConfig {
         if let Some(p) = &self.api_socket {
             check_socket_path("api_socket", p)?;
         }
-        let devices = self.block.len() + self.net.len() + usize::from(self.rng)
+        let devices = self.block.len()
+            + self.net.len()
+            + usize::from(self.rng)
             + usize::from(self.vsock.is_some());
         let slots = (crate::arch::IRQ_MAX - crate::arch::VIRTIO_IRQ_START + 1) as usize;
         if devices > slots {
@@ -254,7 +256,10 @@ impl VmConfig {
                     ))
                 }
                 (None, Some(fd)) if fd < 0 => {
-                    return Err(bad(format!("net[{i}].tap_fd"), format!("{fd} is not a file descriptor")))
+                    return Err(bad(
+                        format!("net[{i}].tap_fd"),
+                        format!("{fd} is not a file descriptor"),
+                    ))
                 }
                 _ => {}
             }
@@ -262,7 +267,10 @@ impl VmConfig {
                 match parse_mac(mac) {
                     Some(m) if m[0] & 1 == 0 => {}
                     Some(_) => {
-                        return Err(bad(format!("net[{i}].mac"), format!("{mac} is a multicast address")))
+                        return Err(bad(
+                            format!("net[{i}].mac"),
+                            format!("{mac} is a multicast address"),
+                        ))
                     }
                     None => {
                         return Err(bad(
@@ -289,7 +297,10 @@ impl VmConfig {
 fn check_file(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(bad(key, format!("{} is not a regular file", path.display()))),
+        Ok(_) => Err(bad(
+            key,
+            format!("{} is not a regular file", path.display()),
+        )),
         Err(e) => Err(bad(key, format!("{}: {e}", path.display()))),
     }
 }
@@ -305,7 +316,10 @@ fn check_socket_path(key: &str, path: &std::path::Path) -> Result<(), ConfigErro
     if path.exists() {
         return Err(bad(
             key,
-            format!("{} already exists (another VMM, or a stale socket to remove)", path.display()),
+            format!(
+                "{} already exists (another VMM, or a stale socket to remove)",
+                path.display()
+            ),
         ));
     }
     Ok(())

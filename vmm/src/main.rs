@@ -134,17 +134,6 @@ fn parse_args(args: Vec<String>) -> Result<VmConfig, UsageError> {
     Ok(config)
 }
 
-/// CPU time this process has used, in microseconds.
-fn cpu_time_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
-}
-
 fn main() -> ExitCode {
     env_logger_init();
     let config = match parse_args(std::env::args().skip(1).collect()) {
@@ -174,7 +163,7 @@ fn main() -> ExitCode {
         machine.on_first_run(Box::new(move || {
             eprintln!(
                 "carapace-vmm: first KVM_RUN after {} us of CPU, overhead RSS {} KiB",
-                cpu_time_us(),
+                carapace_vmm::vm::process_cpu_us(),
                 handle.overhead_rss_kib().unwrap_or(0)
             );
         }));
@@ -231,8 +220,20 @@ mod tests {
     #[test]
     fn flags_build_a_config() {
         let c = parse_args(args(&[
-            "--kernel", "/k", "--vcpus=2", "--memory-mib", "256", "--block", "/d,ro", "--net",
-            "tap0,mac=02:00:00:00:00:01", "--vsock", "3,/tmp/v.sock", "--rng", "--serial", "off",
+            "--kernel",
+            "/k",
+            "--vcpus=2",
+            "--memory-mib",
+            "256",
+            "--block",
+            "/d,ro",
+            "--net",
+            "tap0,mac=02:00:00:00:00:01",
+            "--vsock",
+            "3,/tmp/v.sock",
+            "--rng",
+            "--serial",
+            "off",
         ]))
         .unwrap();
         assert_eq!(c.kernel, PathBuf::from("/k"));

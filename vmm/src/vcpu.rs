@@ -39,11 +39,11 @@ pub fn create(
     entry: GuestAddress,
 ) -> std::io::Result<VcpuFd> {
     let ctx = |what: &'static str| {
-        move |e: kvm_ioctls::Error| {
-            std::io::Error::other(format!("vCPU {index}: {what}: {e}"))
-        }
+        move |e: kvm_ioctls::Error| std::io::Error::other(format!("vCPU {index}: {what}: {e}"))
     };
-    let fd = vm.create_vcpu(u64::from(index)).map_err(ctx("KVM_CREATE_VCPU"))?;
+    let fd = vm
+        .create_vcpu(u64::from(index))
+        .map_err(ctx("KVM_CREATE_VCPU"))?;
     let mut cpuid = supported_cpuid.clone();
     cpuid::for_vcpu(&mut cpuid, index, count);
     fd.set_cpuid2(&cpuid).map_err(ctx("KVM_SET_CPUID2"))?;
@@ -55,9 +55,11 @@ pub fn create(
             msrs.as_slice().len()
         )));
     }
-    fd.set_regs(&boot::boot_regs(entry)).map_err(ctx("KVM_SET_REGS"))?;
+    fd.set_regs(&boot::boot_regs(entry))
+        .map_err(ctx("KVM_SET_REGS"))?;
     let sregs = fd.get_sregs().map_err(ctx("KVM_GET_SREGS"))?;
-    fd.set_sregs(&boot::boot_sregs(sregs)).map_err(ctx("KVM_SET_SREGS"))?;
+    fd.set_sregs(&boot::boot_sregs(sregs))
+        .map_err(ctx("KVM_SET_SREGS"))?;
     fd.set_fpu(&boot::boot_fpu()).map_err(ctx("KVM_SET_FPU"))?;
     let mut lapic = fd.get_lapic().map_err(ctx("KVM_GET_LAPIC"))?;
     boot::set_lint(&mut lapic);
@@ -83,7 +85,12 @@ pub struct VcpuControl {
 
 impl VcpuControl {
     fn kick_all(&self) {
-        for &t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for &t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             // SAFETY: `t` is the handle of a live vCPU thread: threads are removed from the
             // list before they exit (see `run`), and pthread_kill only sends a signal.
             unsafe {

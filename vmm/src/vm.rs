@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::{
-    EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps,
-};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use linux_loader::loader::Cmdline;
@@ -21,7 +19,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch;
 use crate::bus::{Bus, SharedDevice};
 use crate::config::{Serial, VmConfig};
-use crate::devices::legacy::{I8042, ResetTrigger, SerialConsole, I8042_PORT, SERIAL_IRQ, SERIAL_PORT};
+use crate::devices::legacy::{
+    ResetTrigger, SerialConsole, I8042, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
+};
 use crate::devices::virtio::mmio::{MmioSubscriber, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::VirtioDevice;
 use crate::vcpu::{self, VcpuControl, VcpuRunner};
@@ -93,7 +93,10 @@ impl VmExit {
 
     /// The reason the VM ended, once it has.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -118,6 +121,24 @@ pub enum MachineError {
     /// A device could not be created.
     #[error("{0}")]
     Device(String),
+}
+
+/// CPU time this process has used so far (user and system), in microseconds.
+pub fn process_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Logs (at debug level) the CPU time spent when machine set-up reaches `phase`.
+fn mark(phase: &str) {
+    if log::log_enabled!(log::Level::Debug) {
+        log::debug!("start-up: {phase} at {} us of CPU", process_cpu_us());
+    }
 }
 
 fn vm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> MachineError {
@@ -228,7 +249,12 @@ fn overhead_rss_kib(guest: &[(usize, usize)]) -> Option<u64> {
         }
         if let Some(rest) = line.strip_prefix("Rss:") {
             if !in_guest {
-                total += rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+                total += rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()?;
             }
         }
     }
@@ -310,12 +336,20 @@ impl Machine {
     pub fn new(config: &VmConfig) -> Result<Machine, MachineError> {
         config.validate()?;
         let kvm = Kvm::new().map_err(|e| MachineError::Kvm(e.to_string()))?;
-        for cap in [Cap::Irqchip, Cap::Ioeventfd, Cap::Irqfd, Cap::UserMemory, Cap::Pit2] {
+        for cap in [
+            Cap::Irqchip,
+            Cap::Ioeventfd,
+            Cap::Irqfd,
+            Cap::UserMemory,
+            Cap::Pit2,
+        ] {
             if !kvm.check_extension(cap) {
                 return Err(MachineError::Kvm(format!("lacks the {cap:?} capability")));
             }
         }
-        let vm = kvm.create_vm().map_err(|e| MachineError::Kvm(format!("KVM_CREATE_VM: {e}")))?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| MachineError::Kvm(format!("KVM_CREATE_VM: {e}")))?;
         vm.set_tss_address(arch::KVM_TSS_START as usize)
             .map_err(vm_err("KVM_SET_TSS_ADDR"))?;
         vm.set_identity_map_address(arch::KVM_IDENTITY_MAP_START)
@@ -327,6 +361,7 @@ impl Machine {
         })
         .map_err(vm_err("KVM_CREATE_PIT2"))?;
 
+        mark("KVM VM created");
         // Guest memory, registered with KVM one slot per region.
         let mem_size = config.memory_mib << 20;
         let mem = arch::create_guest_memory(mem_size)
@@ -350,11 +385,13 @@ impl Machine {
                 .map_err(vm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        mark("guest memory registered");
         // Devices: serial and i8042 on the port bus, virtio-mmio on the MMIO bus.
         let exit = Arc::new(VmExit::new().map_err(|e| MachineError::Device(e.to_string()))?);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| MachineError::Device(e.to_string()))?;
+        let serial_irq =
+            EventFd::new(EFD_NONBLOCK).map_err(|e| MachineError::Device(e.to_string()))?;
         vm.register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(vm_err("KVM_IRQFD (serial)"))?;
         let out: Box<dyn Write + Send> = match &config.serial {
@@ -365,12 +402,15 @@ impl Machine {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| MachineError::Device(format!("serial file {}: {e}", p.display())))?,
+                    .map_err(|e| {
+                        MachineError::Device(format!("serial file {}: {e}", p.display()))
+                    })?,
             ),
         };
         let serial: SharedDevice = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
         let bus_err = |e: crate::bus::Overlap| MachineError::Device(e.to_string());
-        pio.insert(serial.clone(), SERIAL_PORT, 8).map_err(bus_err)?;
+        pio.insert(serial.clone(), SERIAL_PORT, 8)
+            .map_err(bus_err)?;
         let i8042: SharedDevice = Arc::new(Mutex::new(I8042(vm_superio::I8042Device::new(
             ResetTrigger(exit.clone()),
         ))));
@@ -407,8 +447,10 @@ impl Machine {
         }
         event_manager.add_subscriber(Box::new(ExitSubscriber(exit.clone())));
 
+        mark("devices created");
         // Boot: kernel, initramfs, command line, start info, GDT, MP table.
         let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
+        mark("kernel loaded");
         let initramfs = match &config.initramfs {
             Some(p) => Some(arch::boot::load_initramfs(&mem, mem_size, kernel.end, p)?),
             None => None,
@@ -418,6 +460,7 @@ impl Machine {
         arch::mptable::write(&mem, config.vcpus)
             .map_err(|e| MachineError::Memory(e.to_string()))?;
 
+        mark("boot structures written");
         // vCPUs.
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -438,6 +481,7 @@ impl Machine {
             });
         }
 
+        mark("vCPUs created");
         Ok(Machine {
             runners,
             event_manager,
@@ -482,7 +526,9 @@ impl Machine {
             match r.spawn() {
                 Ok(h) => threads.push(h),
                 Err(e) => {
-                    exit.exit(ExitReason::Error(format!("cannot start a vCPU thread: {e}")));
+                    exit.exit(ExitReason::Error(format!(
+                        "cannot start a vCPU thread: {e}"
+                    )));
                     break;
                 }
             }

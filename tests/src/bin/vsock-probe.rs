@@ -46,13 +46,21 @@ fn echo(port: u32) -> std::io::Result<()> {
     let listener = socket()?;
     let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
     let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    check(unsafe { libc::bind(listener.as_raw_fd(), (&addr as *const libc::sockaddr_vm).cast(), len) }, "bind")?;
+    let ptr = (&addr as *const libc::sockaddr_vm).cast();
+    // SAFETY: ptr points at a valid sockaddr_vm of `len` bytes.
+    let rc = unsafe { libc::bind(listener.as_raw_fd(), ptr, len) };
+    check(rc, "bind")?;
     // SAFETY: listen(2) on a socket we own.
     check(unsafe { libc::listen(listener.as_raw_fd(), 1) }, "listen")?;
     println!("vsock-probe: listening on port {port}");
     // SAFETY: accept(2) without an address buffer.
-    let fd = unsafe { libc::accept(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+    let fd = unsafe {
+        libc::accept(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
     check(fd, "accept")?;
     // SAFETY: fd was just returned by accept(2).
     let mut conn = stream(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -75,8 +83,10 @@ fn send(cid: u32, port: u32, text: &str) -> std::io::Result<()> {
     let fd = socket()?;
     let addr = vsock_addr(cid, port);
     let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    check(unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_vm).cast(), len) }, "connect")?;
+    let ptr = (&addr as *const libc::sockaddr_vm).cast();
+    // SAFETY: ptr points at a valid sockaddr_vm of `len` bytes.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), ptr, len) };
+    check(rc, "connect")?;
     let mut conn = stream(fd);
     writeln!(conn, "{text}")?;
     let mut line = String::new();
@@ -87,8 +97,16 @@ fn send(cid: u32, port: u32, text: &str) -> std::io::Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let num = |s: &String| s.parse::<u32>().unwrap_or_else(|_| panic!("`{s}` is not a number"));
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let num = |s: &String| {
+        s.parse::<u32>()
+            .unwrap_or_else(|_| panic!("`{s}` is not a number"))
+    };
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["echo", port] => echo(num(&port.to_string())),
         ["send", cid, port, text] => send(num(&cid.to_string()), num(&port.to_string()), text),
         _ => {

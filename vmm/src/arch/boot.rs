@@ -72,12 +72,13 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         path: name.clone(),
         source,
     })?;
-    let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
-        |source| BootError::KernelLoad {
-            path: name.clone(),
-            source,
-        },
-    )?;
+    let loaded =
+        Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            BootError::KernelLoad {
+                path: name.clone(),
+                source,
+            }
+        })?;
     match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel {
             entry,
@@ -214,8 +215,11 @@ pub fn write_gdt(mem: &GuestMemoryMmap) -> Result<(), BootError> {
             .map_err(|_| BootError::Write("the boot GDT"))?;
     }
     // A zero IDT right after it: no exceptions are expected before the kernel sets its own.
-    mem.write_obj(0u64, GuestAddress(BOOT_GDT_START + 8 * BOOT_GDT.len() as u64))
-        .map_err(|_| BootError::Write("the boot IDT"))?;
+    mem.write_obj(
+        0u64,
+        GuestAddress(BOOT_GDT_START + 8 * BOOT_GDT.len() as u64),
+    )
+    .map_err(|_| BootError::Write("the boot IDT"))?;
     Ok(())
 }
 
@@ -289,7 +293,7 @@ pub fn boot_msrs() -> Msrs {
         entry(MSR_KERNEL_GS_BASE, 0),
         entry(MSR_SYSCALL_MASK, 0),
         entry(MSR_LSTAR, 0),
-        entry(MSR_IA32_MISC_ENABLE, 1), // fast strings
+        entry(MSR_IA32_MISC_ENABLE, 1),          // fast strings
         entry(MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, write-back default
     ];
     Msrs::from_entries(&entries).expect("a fixed, small MSR list fits")

@@ -6,6 +6,7 @@ use kvm_bindings::CpuId;
 /// Fills in per-vCPU fields of `cpuid` (taken from KVM_GET_SUPPORTED_CPUID) for vCPU `index`
 /// of `count`.
 pub fn for_vcpu(cpuid: &mut CpuId, index: u8, count: u8) {
+    make_xsave_consistent(cpuid);
     // Bits needed to number `count` logical CPUs (for the APIC id layout leaves).
     let id_bits = u32::BITS - u32::from(count.max(1) - 1).leading_zeros();
     for e in cpuid.as_mut_slice() {
@@ -55,10 +56,74 @@ pub fn for_vcpu(cpuid: &mut CpuId, index: u8, count: u8) {
     }
 }
 
+/// Size of the legacy XSAVE area plus its header: x87 and SSE state only.
+const XSAVE_LEGACY_SIZE: u32 = 576;
+
+/// Drops the AVX state component from leaf 0xD when leaf 1 says there is no AVX. Some CPU
+/// models (QEMU's TCG, hence the lab) report AVX state without AVX; a guest then finds its
+/// XSAVE sizes inconsistent and warns at boot.
+fn make_xsave_consistent(cpuid: &mut CpuId) {
+    let has_avx = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 1)
+        .is_some_and(|e| e.ecx & (1 << 28) != 0);
+    if has_avx {
+        return;
+    }
+    for e in cpuid.as_mut_slice() {
+        if e.function != 0xd {
+            continue;
+        }
+        match e.index {
+            0 if e.eax & (1 << 2) != 0 => {
+                e.eax &= !(1 << 2);
+                // Only x87 and SSE remain below AVX's components: the legacy area.
+                if e.eax & !0x3 == 0 {
+                    e.ebx = XSAVE_LEGACY_SIZE;
+                    e.ecx = XSAVE_LEGACY_SIZE;
+                }
+            }
+            2 => {
+                e.eax = 0;
+                e.ebx = 0;
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn avx_state_is_dropped_when_avx_is_absent() {
+        let leaf = |function, index, eax, ebx, ecx| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx,
+            ecx,
+            ..Default::default()
+        };
+        let entries = [
+            leaf(1, 0, 0, 0, 0),
+            leaf(0xd, 0, 7, 576, 832),
+            leaf(0xd, 2, 256, 576, 0),
+        ];
+        let mut cpuid = CpuId::from_entries(&entries).unwrap();
+        for_vcpu(&mut cpuid, 0, 1);
+        let e = cpuid.as_slice();
+        assert_eq!((e[1].eax, e[1].ebx, e[1].ecx), (3, 576, 576));
+        assert_eq!(e[2].eax, 0);
+        // With AVX present nothing changes.
+        let mut with_avx = CpuId::from_entries(&entries).unwrap();
+        with_avx.as_mut_slice()[0].ecx = 1 << 28;
+        for_vcpu(&mut with_avx, 0, 1);
+        assert_eq!(with_avx.as_slice()[1].eax, 7);
+    }
 
     #[test]
     fn each_vcpu_gets_its_apic_id_and_the_cpu_count() {

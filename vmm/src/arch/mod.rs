@@ -86,12 +86,28 @@ pub const E820_RESERVED: u32 = 2;
 /// The memory map the guest is told about.
 pub fn memory_map(size: u64) -> Vec<MemoryMapEntry> {
     let mut map = vec![
-        MemoryMapEntry { addr: 0, size: MPTABLE_START, kind: E820_RAM },
-        MemoryMapEntry { addr: MPTABLE_START, size: EBDA_END - MPTABLE_START, kind: E820_RESERVED },
-        MemoryMapEntry { addr: HIMEM_START, size: low_ram_end(size) - HIMEM_START, kind: E820_RAM },
+        MemoryMapEntry {
+            addr: 0,
+            size: MPTABLE_START,
+            kind: E820_RAM,
+        },
+        MemoryMapEntry {
+            addr: MPTABLE_START,
+            size: EBDA_END - MPTABLE_START,
+            kind: E820_RESERVED,
+        },
+        MemoryMapEntry {
+            addr: HIMEM_START,
+            size: low_ram_end(size) - HIMEM_START,
+            kind: E820_RAM,
+        },
     ];
     if size > MMIO_GAP_START {
-        map.push(MemoryMapEntry { addr: MMIO_GAP_END, size: size - MMIO_GAP_START, kind: E820_RAM });
+        map.push(MemoryMapEntry {
+            addr: MMIO_GAP_END,
+            size: size - MMIO_GAP_START,
+            kind: E820_RAM,
+        });
     }
     map
 }
@@ -109,8 +125,14 @@ mod tests {
         let ranges = ram_ranges(big);
         assert_eq!(ranges[1], (GuestAddress(MMIO_GAP_END), (1usize << 30)));
         let map = memory_map(big);
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, big - HIMEM_START + MPTABLE_START);
-        assert!(map.iter().all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
+        assert!(map
+            .iter()
+            .all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
     }
 }

@@ -92,8 +92,11 @@ pub fn write(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), MptableError> {
     let table_addr = MPTABLE_START + 16;
     let table = config_table(vcpus);
     debug_assert!(16 + table.len() as u64 <= super::EBDA_END - MPTABLE_START);
-    mem.write_slice(&floating_pointer(table_addr as u32), GuestAddress(MPTABLE_START))
-        .map_err(|_| MptableError::Write)?;
+    mem.write_slice(
+        &floating_pointer(table_addr as u32),
+        GuestAddress(MPTABLE_START),
+    )
+    .map_err(|_| MptableError::Write)?;
     mem.write_slice(&table, GuestAddress(table_addr))
         .map_err(|_| MptableError::Write)?;
     Ok(())
@@ -108,7 +111,10 @@ mod tests {
         for vcpus in [1, 2, MAX_VCPUS] {
             let table = config_table(vcpus);
             assert_eq!(checksum(&table), 0);
-            assert_eq!(u16::from_le_bytes([table[4], table[5]]) as usize, table.len());
+            assert_eq!(
+                u16::from_le_bytes([table[4], table[5]]) as usize,
+                table.len()
+            );
             assert!(16 + table.len() as u64 <= super::super::EBDA_END - MPTABLE_START);
         }
         assert_eq!(checksum(&floating_pointer(0x9fc10)), 0);
@@ -119,7 +125,8 @@ mod tests {
         let mem = super::super::create_guest_memory(16 << 20).unwrap();
         write(&mem, 4).unwrap();
         let mut sig = [0u8; 4];
-        mem.read_slice(&mut sig, GuestAddress(MPTABLE_START)).unwrap();
+        mem.read_slice(&mut sig, GuestAddress(MPTABLE_START))
+            .unwrap();
         assert_eq!(&sig, b"_MP_");
         let table = config_table(4);
         let cpus = table[44..]
@@ -129,6 +136,9 @@ mod tests {
             .count();
         assert_eq!(cpus, 4);
         assert!(matches!(write(&mem, 0), Err(MptableError::TooManyVcpus(0))));
-        assert!(matches!(write(&mem, 33), Err(MptableError::TooManyVcpus(33))));
+        assert!(matches!(
+            write(&mem, 33),
+            Err(MptableError::TooManyVcpus(33))
+        ));
     }
 }

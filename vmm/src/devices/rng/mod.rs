@@ -1,5 +1,19 @@
-//! TEMP STUB
-#![allow(missing_docs)]
-pub struct Rng;
-impl Rng { pub fn new() -> Rng { Rng } }
-impl crate::devices::virtio::VirtioDevice for Rng { fn name(&self) -> &str { "blk" } fn device_type(&self) -> u32 { 2 } fn queue_max_sizes(&self) -> &[u16] { &[256] } fn avail_features(&self) -> u64 { 0 } fn set_acked_features(&mut self, _: u64) {} fn read_config(&self, _: u64, _: &mut [u8]) {} fn activate(&mut self, _: crate::devices::virtio::GuestMemory, _: std::sync::Arc<crate::devices::virtio::Interrupt>, _: Vec<virtio_queue::Queue>) -> Result<(), crate::devices::virtio::ActivateError> { Ok(()) } fn process_queue(&mut self, _: usize) {} fn counters(&self) -> &crate::devices::virtio::DeviceCounters { unimplemented!() } }
+//! virtio-rng (entropy device): the guest's buffers are filled with bytes from the host
+//! kernel's random pool (`getrandom(2)`).
+
+mod device;
+
+#[cfg(test)]
+mod tests;
+
+pub use device::Rng;
+
+/// Size of the device's only queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Most bytes one request gets; the rest of a larger chain is left untouched (the used length
+/// says how much was filled), so one request cannot hold the event loop for long.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Most descriptors in one chain.
+const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;

@@ -109,7 +109,10 @@ impl MmioTransport {
     fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
         // Queue set-up is only legal before DRIVER_OK (spec 4.2.3.2).
         if self.status & STATUS_DRIVER_OK != 0 {
-            log::warn!("{}: queue register written after DRIVER_OK; ignored", self.name());
+            log::warn!(
+                "{}: queue register written after DRIVER_OK; ignored",
+                self.name()
+            );
             return;
         }
         if let Some(q) = self.selected_queue() {
@@ -148,11 +151,16 @@ impl MmioTransport {
             0x14 => self.device_features_sel = v,
             0x20 => {
                 if self.status & STATUS_FEATURES_OK != 0 {
-                    log::warn!("{}: features written after FEATURES_OK; ignored", self.name());
+                    log::warn!(
+                        "{}: features written after FEATURES_OK; ignored",
+                        self.name()
+                    );
                     return;
                 }
                 match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
                     1 => {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
@@ -189,12 +197,18 @@ impl MmioTransport {
         }
         let new_bits = v & !self.status;
         if v & self.status != self.status {
-            log::warn!("{}: driver cleared status bits ({:#x} -> {v:#x}); ignored", self.name(), self.status);
+            log::warn!(
+                "{}: driver cleared status bits ({:#x} -> {v:#x}); ignored",
+                self.name(),
+                self.status
+            );
             return;
         }
         if new_bits & STATUS_FEATURES_OK != 0 {
             let offered = self.device.avail_features() | VIRTIO_F_VERSION_1;
-            if self.driver_features & !offered != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
                 log::warn!(
                     "{}: driver asked for features {:#x} beyond the offered {offered:#x} (or without VERSION_1); refusing FEATURES_OK",
                     self.name(),
@@ -208,7 +222,10 @@ impl MmioTransport {
         if new_bits & STATUS_DRIVER_OK != 0 {
             let needed = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
             if v & needed != needed {
-                log::warn!("{}: DRIVER_OK before FEATURES_OK; device failed", self.name());
+                log::warn!(
+                    "{}: DRIVER_OK before FEATURES_OK; device failed",
+                    self.name()
+                );
                 self.status = v | STATUS_FAILED;
                 return;
             }
@@ -221,7 +238,10 @@ impl MmioTransport {
     fn reset(&mut self) {
         if self.activated || self.pending_activation {
             if !self.device.reset() {
-                log::warn!("{}: the device cannot be reset after activation", self.name());
+                log::warn!(
+                    "{}: the device cannot be reset after activation",
+                    self.name()
+                );
                 self.status |= STATUS_NEEDS_RESET;
                 self.interrupt.signal_config_change();
                 return;
@@ -246,10 +266,18 @@ impl MmioTransport {
             return;
         }
         self.pending_activation = false;
-        let ready: Vec<Queue> = self.queues.iter().filter(|q| q.ready()).map(copy_queue).collect();
+        let ready: Vec<Queue> = self
+            .queues
+            .iter()
+            .filter(|q| q.ready())
+            .map(copy_queue)
+            .collect();
         for (i, q) in ready.iter().enumerate() {
             if !q.is_valid(&self.mem) {
-                log::warn!("{}: queue {i} is not valid (bad addresses or size); device failed", self.name());
+                log::warn!(
+                    "{}: queue {i} is not valid (bad addresses or size); device failed",
+                    self.name()
+                );
                 self.status |= STATUS_FAILED;
                 return;
             }
@@ -276,9 +304,18 @@ impl MmioTransport {
 fn copy_queue(q: &Queue) -> Queue {
     let mut c = Queue::new(q.max_size()).expect("the max size was valid for the original");
     c.set_size(q.size());
-    c.set_desc_table_address(Some(q.desc_table() as u32), Some((q.desc_table() >> 32) as u32));
-    c.set_avail_ring_address(Some(q.avail_ring() as u32), Some((q.avail_ring() >> 32) as u32));
-    c.set_used_ring_address(Some(q.used_ring() as u32), Some((q.used_ring() >> 32) as u32));
+    c.set_desc_table_address(
+        Some(q.desc_table() as u32),
+        Some((q.desc_table() >> 32) as u32),
+    );
+    c.set_avail_ring_address(
+        Some(q.avail_ring() as u32),
+        Some((q.avail_ring() >> 32) as u32),
+    );
+    c.set_used_ring_address(
+        Some(q.used_ring() as u32),
+        Some((q.used_ring() >> 32) as u32),
+    );
     c.set_ready(q.ready());
     c
 }
@@ -290,7 +327,11 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
-            log::debug!("{}: {}-byte register read at {offset:#x} refused", self.name(), data.len());
+            log::debug!(
+                "{}: {}-byte register read at {offset:#x} refused",
+                self.name(),
+                data.len()
+            );
             data.fill(0);
             return;
         }
@@ -305,7 +346,11 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::debug!("{}: {}-byte register write at {offset:#x} refused", self.name(), data.len());
+            log::debug!(
+                "{}: {}-byte register write at {offset:#x} refused",
+                self.name(),
+                data.len()
+            );
             return;
         };
         if offset % 4 != 0 {
@@ -322,11 +367,19 @@ impl MutEventSubscriber for MmioSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         let t = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for (i, evt) in t.queue_evts.iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(evt, TRANSPORT_EVENT_BASE + i as u32, EventSet::IN)) {
+            if let Err(e) = ops.add(Events::with_data(
+                evt,
+                TRANSPORT_EVENT_BASE + i as u32,
+                EventSet::IN,
+            )) {
                 log::error!("{}: cannot watch queue {i}: {e:?}", t.name());
             }
         }
-        if let Err(e) = ops.add(Events::with_data(&t.activate_evt, ACTIVATE_TOKEN, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(
+            &t.activate_evt,
+            ACTIVATE_TOKEN,
+            EventSet::IN,
+        )) {
             log::error!("{}: cannot watch activation: {e:?}", t.name());
         }
     }
