@@ -34,7 +34,7 @@ unit-test: deps
 lab-test: deps
 	tests/lab/test
 
-test: deps lint unit-test lab-test
+test: deps lint kernels unit-test lab-test
 
 # Benchmarks print measured figures (host start-up, lab boot against QEMU microvm).
 bench: deps kernels

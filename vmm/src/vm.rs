@@ -449,7 +449,7 @@ impl Machine {
 
         mark("devices created");
         // Boot: kernel, initramfs, command line, start info, GDT, MP table.
-        let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
+        let kernel = arch::boot::load_kernel(&mem, mem_size, &config.kernel)?;
         mark("kernel loaded");
         let initramfs = match &config.initramfs {
             Some(p) => Some(arch::boot::load_initramfs(&mem, mem_size, kernel.end, p)?),

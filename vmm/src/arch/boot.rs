@@ -14,7 +14,7 @@ use linux_loader::loader::{Cmdline, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{
-    low_ram_end, memory_map, BOOT_GDT_START, CMDLINE_START, HIMEM_START, MEMMAP_START,
+    low_ram_end, mapload, memory_map, BOOT_GDT_START, CMDLINE_START, HIMEM_START, MEMMAP_START,
     MODLIST_START, PVH_INFO_START,
 };
 
@@ -65,13 +65,29 @@ pub struct LoadedKernel {
     pub end: u64,
 }
 
-/// Loads the `vmlinux` at `path` into guest memory.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+/// Loads the `vmlinux` at `path` into fresh guest memory of `mem_size` bytes: mapped from
+/// the page cache when its segments allow it ([`super::mapload`]), copied otherwise.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    path: &Path,
+) -> Result<LoadedKernel, BootError> {
     let name = path.display().to_string();
     let mut file = File::open(path).map_err(|source| BootError::KernelOpen {
         path: name.clone(),
         source,
     })?;
+    if let Some(plan) = mapload::plan_kernel(&file, low_ram_end(mem_size)) {
+        match mapload::map_kernel(mem, &file, &plan) {
+            Ok(()) => {
+                return Ok(LoadedKernel {
+                    entry: GuestAddress(plan.entry),
+                    end: plan.end,
+                })
+            }
+            Err(e) => log::warn!("kernel {name}: cannot map it ({e}); copying it instead"),
+        }
+    }
     let loaded =
         Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
             BootError::KernelLoad {
@@ -89,7 +105,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
 }
 
 /// Loads the initramfs at the top of low RAM (page aligned, above the kernel) and returns
-/// where it lies.
+/// where it lies: mapped from the page cache, or copied if that fails.
 pub fn load_initramfs(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -112,8 +128,14 @@ pub fn load_initramfs(
                 "{size} bytes do not fit in guest memory above the kernel; give the guest more memory"
             ))
         })?;
-    mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
-        .map_err(|e| err(format!("cannot copy into guest memory: {e}")))?;
+    if let Err(e) = mapload::map_file(mem, &file, start, 0, size) {
+        log::warn!(
+            "initramfs {}: cannot map it ({e}); copying it instead",
+            path.display()
+        );
+        mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
+            .map_err(|e| err(format!("cannot copy into guest memory: {e}")))?;
+    }
     Ok((GuestAddress(start), size))
 }
 
@@ -353,7 +375,7 @@ mod tests {
         let mem = super::super::create_guest_memory(64 << 20).unwrap();
         let path = std::env::temp_dir().join(format!("carapace-not-elf-{}", std::process::id()));
         std::fs::write(&path, b"not a kernel at all, just some bytes............").unwrap();
-        let err = load_kernel(&mem, &path).unwrap_err().to_string();
+        let err = load_kernel(&mem, 64 << 20, &path).unwrap_err().to_string();
         std::fs::remove_file(&path).unwrap();
         assert!(err.contains(&path.display().to_string()), "{err}");
     }

@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod mapload;
 pub mod mptable;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
