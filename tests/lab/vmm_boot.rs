@@ -27,6 +27,24 @@ lab_test! {
 }
 
 lab_test! {
+    fn vmm_reports_a_guest_triple_fault_with_status_3_and_logs_serial_to_a_file() {
+        // reboot=t makes the guest reboot by triple-faulting instead of through the i8042.
+        let (kernel, initrd) = (guest_kernel(), test_initramfs());
+        let dir = tempdir();
+        let log = dir.join("serial.log");
+        let mut cmd = carapace_vmm(&kernel, &initrd, "console=ttyS0 reboot=t panic=1 quiet", 1, 128);
+        cmd.arg("--serial").arg(&log);
+        let mut guest = Console::spawn(&mut cmd);
+        let status = guest.wait_exit(Duration::from_secs(120));
+        let serial = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(status.code(), Some(3), "a triple fault should end the VMM with 3:\n{serial}");
+        assert!(serial.contains("carapace-test: done"), "the serial log lacks the guest's output:\n{serial}");
+        assert!(guest.text().is_empty(), "serial output leaked to stdout: {}", guest.text());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+lab_test! {
     fn vmm_refuses_bad_configurations_naming_the_problem() {
         let run = |args: &[&str]| {
             let out = Command::new(vmm_binary()).args(args).output().expect("run carapace-vmm");

@@ -1,9 +1,9 @@
-//! The inside of `make demo`: containerd runs a busybox container, and the carapace guest
-//! kernel boots under KVM. It runs wherever /dev/kvm boots Linux guests: on a KVM host
-//! directly, or in the lab (tests/demo decides).
+//! The inside of `make demo`: containerd runs a busybox container with runc, and carapace-vmm
+//! boots the carapace guest kernel and initramfs under KVM. It runs wherever /dev/kvm boots
+//! Linux guests: on a KVM host directly, or in the lab (tests/demo decides).
 //!
-//! carapace's own runtime (`io.containerd.carapace.v2`) does not exist yet; until the shim
-//! lands, the demo shows the pieces that do and says so.
+//! carapace's own runtime (`io.containerd.carapace.v2`) does not exist yet; until the agent
+//! and shim land, the demo shows the pieces that do and says so.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use carapace_tests::artifacts::{
 };
 use carapace_tests::containerd::Containerd;
 use carapace_tests::lab::ms;
-use carapace_tests::vm::{qemu_microvm, Console};
+use carapace_tests::vm::{carapace_vmm, Console};
 
 fn main() {
     let where_ = if carapace_tests::lab::inside() {
@@ -44,16 +44,21 @@ fn main() {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     println!("demo: ctr run --rm with runc took {:.0} ms", ms(runc));
 
-    let mut cmd = qemu_microvm(
+    let mut cmd = carapace_vmm(
         &guest_kernel(),
         &initramfs(),
-        "console=ttyS0 quiet reboot=t panic=-1",
+        "console=ttyS0 quiet reboot=k panic=1",
         2,
         256,
     );
     let mut guest = Console::spawn(&mut cmd);
     let at = guest.wait_for_line(AGENT_BOOT_MARKER, Duration::from_secs(120));
-    guest.wait_exit(Duration::from_secs(60));
+    let status = guest.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "carapace-vmm ended with {status}:\n{}",
+        guest.text()
+    );
     let line = guest
         .text()
         .lines()
@@ -61,9 +66,9 @@ fn main() {
         .unwrap_or_default()
         .to_owned();
     println!(
-        "demo: the carapace guest kernel booted under KVM (QEMU microvm) to its init in {:.0} ms:",
+        "demo: carapace-vmm booted the carapace guest kernel under KVM to its init in {:.0} ms:",
         ms(at)
     );
     println!("  {line}");
-    println!("demo: not yet: a container in a carapace microVM through containerd (the VMM, agent and shim issues build it)");
+    println!("demo: not yet: a container in a carapace microVM through containerd (the agent and shim issues build it)");
 }
