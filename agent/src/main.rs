@@ -1,49 +1,137 @@
-//! carapace-agent: PID 1 inside every carapace microVM.
+//! carapace-agent: PID 1 inside every carapace microVM, serving the shim over ttrpc.
 //!
-//! Until the agent issue lands this is the placeholder init the foundation needs: it mounts
-//! /proc, prints the boot marker the lab tests look for on the serial console, and ends the VM
-//! by rebooting (the VMMs run the guest with `reboot=t`/`-no-reboot`, so a reboot is an exit;
-//! x86 without ACPI has no power-off method a VMM could see).
+//! As PID 1 it prints the boot marker, mounts the pseudo filesystems, logs to the serial
+//! console, reaps orphans, and serves on `vsock://-1:1024`; it ends the VM on DestroySandbox or
+//! when serving fails. Run as an ordinary process (`--listen unix:///path`, for host tests)
+//! it only serves: no mounts, no hostname, no reboot.
+//!
+//! The runtime is single-threaded on purpose: libcontainer forks with a raw `clone3`, which is
+//! only safe in a process with one thread, and it lets the reaper never race libcontainer's
+//! own `waitpid` (see `reaper`).
 
-use std::io::Write;
+mod cgroup;
+mod container;
+mod error;
+mod init;
+mod process;
+mod reaper;
+mod sandbox;
+mod service;
+mod spec;
 
-/// Printed on the console once init runs; tests and benchmarks wait for this line.
-const BOOT_MARKER: &str = "carapace-agent: init reached";
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-fn main() {
-    let uptime = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .or_else(|| {
-            std::fs::create_dir_all("/proc").ok()?;
-            nix::mount::mount(
-                Some("proc"),
-                "/proc",
-                Some("proc"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .ok()?;
-            std::fs::read_to_string("/proc/uptime").ok()
-        })
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into());
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{BOOT_MARKER} (uptime {uptime} s, {cpus} cpus, pid {})",
-        std::process::id()
-    );
-    let _ = out.flush();
-    drop(out);
-    if std::process::id() == 1 {
-        // Flush the page cache we never wrote to, then end the VM.
-        nix::unistd::sync();
-        let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-        eprintln!("carapace-agent: reboot failed: {err:?}");
-        // PID 1 must not exit: that would panic the guest kernel.
-        loop {
-            std::thread::park();
+use anyhow::Context;
+
+/// Command-line options.
+struct Options {
+    listen: String,
+    state_dir: PathBuf,
+    cgroup_parent: String,
+}
+
+const USAGE: &str = "usage: carapace-agent [--listen vsock://-1:1024|unix:///path] [--state-dir DIR] [--cgroup-parent /PATH]";
+
+fn parse_args(is_init: bool) -> anyhow::Result<Options> {
+    let mut o = Options {
+        listen: format!("vsock://-1:{}", carapace_protocol::AGENT_VSOCK_PORT),
+        state_dir: PathBuf::from("/run/carapace-agent"),
+        cgroup_parent: "/carapace".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--listen" => o.listen = value()?,
+            "--state-dir" => o.state_dir = PathBuf::from(value()?),
+            "--cgroup-parent" => o.cgroup_parent = value()?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            // The kernel passes unknown boot parameters to init: ignore them as PID 1.
+            _ if is_init => {}
+            other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
+    if !o.cgroup_parent.starts_with('/') {
+        anyhow::bail!("--cgroup-parent must be an absolute cgroup path");
+    }
+    Ok(o)
+}
+
+fn main() {
+    let is_init = std::process::id() == 1;
+    if is_init {
+        init::print_marker();
+        if let Err(e) = init::setup() {
+            eprintln!("carapace-agent: fatal: {e:#}");
+            init::power_off();
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let result = parse_args(is_init).and_then(|o| run(o, is_init));
+    if let Err(e) = result {
+        eprintln!("carapace-agent: fatal: {e:#}");
+        if is_init {
+            init::power_off();
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(o: Options, is_init: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let reaper = reaper::Reaper::default();
+        tokio::spawn(reaper.clone().run());
+        let (oom_tx, oom_rx) = tokio::sync::mpsc::unbounded_channel();
+        let layout = container::Layout {
+            state_dir: o.state_dir.clone(),
+            cgroup_parent: o.cgroup_parent.clone(),
+        };
+        let containers = Arc::new(
+            container::Containers::new(layout, reaper, oom_tx)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let watched = containers.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                watched.poll_oom();
+            }
+        });
+        let agent = service::Agent {
+            containers,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
+            is_init,
+        };
+        let services = carapace_protocol::agent_ttrpc::create_agent_service(Arc::new(agent));
+        if let Some(path) = o.listen.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(path);
+        }
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&o.listen)
+            .with_context(|| format!("listening on {}", o.listen))?
+            .register_service(services);
+        server.start().await.context("starting the ttrpc server")?;
+        tracing::info!(listen = o.listen, "serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        term.recv().await;
+        tracing::info!("SIGTERM: stopping");
+        let _ = server.shutdown().await;
+        Ok(())
+    })
 }

@@ -1,0 +1,502 @@
+//! The containers of the pod: creating them with youki's libcontainer, their processes
+//! (init and execs), signals, waits, pause/resume, resource updates, statistics, OOM
+//! events, and removal that leaves no cgroup, mount or state behind.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use libcgroups::common::{CgroupManager, ControllerOpt};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container as LcContainer, ContainerStatus};
+use libcontainer::signal::Signal as LcSignal;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+use tokio::sync::mpsc;
+
+use crate::cgroup;
+use crate::error::{AgentError, Result};
+use crate::process::{ChildStdio, Process, Stdio};
+use crate::reaper::{ExitStatus, Reaper};
+use crate::spec::{self, Placement, SandboxFiles};
+
+/// Where the agent keeps its state and puts its containers' cgroups.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// libcontainer's state (`containers/`) and the bundles the agent writes (`bundles/`).
+    pub state_dir: PathBuf,
+    /// The cgroup under which each container gets `<parent>/<id>`.
+    pub cgroup_parent: String,
+}
+
+struct Container {
+    lc: LcContainer,
+    cgroup_path: String,
+    bundle: PathBuf,
+    init: Arc<Process>,
+    execs: HashMap<String, Arc<Process>>,
+    oom_seen: u64,
+}
+
+/// Every container of the pod, by id.
+pub struct Containers {
+    layout: Layout,
+    reaper: Reaper,
+    map: Mutex<HashMap<String, Container>>,
+    sandbox: Mutex<SandboxFiles>,
+    oom_tx: mpsc::UnboundedSender<String>,
+}
+
+fn lc_signal(sig: i32) -> Result<LcSignal> {
+    LcSignal::try_from(sig).map_err(|e| AgentError::InvalidArgument(e.to_string()))
+}
+
+fn not_found(id: &str) -> AgentError {
+    AgentError::NotFound(format!("container {id:?}"))
+}
+
+impl Containers {
+    /// An empty set; OOM events go to `oom_tx`.
+    pub fn new(
+        layout: Layout,
+        reaper: Reaper,
+        oom_tx: mpsc::UnboundedSender<String>,
+    ) -> Result<Self> {
+        for dir in ["containers", "bundles"] {
+            std::fs::create_dir_all(layout.state_dir.join(dir))
+                .map_err(|e| AgentError::io("creating the state directory", e))?;
+        }
+        Ok(Self {
+            layout,
+            reaper,
+            map: Mutex::new(HashMap::new()),
+            sandbox: Mutex::new(SandboxFiles::default()),
+            oom_tx,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the sandbox-wide files and hostname later containers get.
+    pub fn set_sandbox(&self, files: SandboxFiles) {
+        *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = files;
+    }
+
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.layout.state_dir
+    }
+
+    fn lc_root(&self) -> PathBuf {
+        self.layout.state_dir.join("containers")
+    }
+
+    fn builder(&self, id: &str) -> Result<ContainerBuilder> {
+        Ok(
+            ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_root_path(self.lc_root())?,
+        )
+    }
+
+    /// Creates container `id` (its init process waits for StartContainer).
+    pub fn create(&self, id: &str, spec_json: &[u8], rootfs: &str) -> Result<()> {
+        spec::validate_id("container", id)?;
+        if self.lock().contains_key(id) {
+            return Err(AgentError::AlreadyExists(format!("container {id:?}")));
+        }
+        let mut spec = spec::parse(spec_json)?;
+        let rootfs = if rootfs.is_empty() {
+            spec.root()
+                .as_ref()
+                .map(|r| r.path().clone())
+                .unwrap_or_default()
+        } else {
+            PathBuf::from(rootfs)
+        };
+        if !rootfs.is_absolute() {
+            return Err(AgentError::InvalidArgument(format!(
+                "the rootfs path {} is not absolute",
+                rootfs.display()
+            )));
+        }
+        let cgroup_path = format!("{}/{id}", self.layout.cgroup_parent.trim_end_matches('/'));
+        let sandbox = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        spec::adapt(
+            &mut spec,
+            &Placement {
+                rootfs: &rootfs,
+                cgroup_path: cgroup_path.clone(),
+                sandbox: &sandbox,
+            },
+        )?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+
+        let bundle = self.layout.state_dir.join("bundles").join(id);
+        let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(&bundle).map_err(|e| AgentError::io("creating the bundle", e))?;
+        let result = (|| {
+            spec.save(bundle.join("config.json"))
+                .map_err(|e| AgentError::Internal(format!("writing config.json: {e}")))?;
+            let (builder, io) = self.with_stdio(self.builder(id)?, &bundle, "init", terminal)?;
+            let lc = builder
+                .as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()?;
+            let pid = lc
+                .pid()
+                .ok_or_else(|| AgentError::Internal("libcontainer returned no pid".into()))?;
+            let pid = Pid::from_raw(pid.as_raw());
+            // Registered before the reaper can next run (single-threaded runtime).
+            let exit = self.reaper.register(pid);
+            let stdio = io.finish()?;
+            Ok((lc, Process { pid, stdio, exit }))
+        })();
+        let (lc, init) = match result {
+            Ok(v) => v,
+            Err(err) => {
+                self.cleanup_failed(id, &bundle);
+                return Err(err);
+            }
+        };
+        tracing::info!(id, pid = %init.pid, "container created");
+        self.lock().insert(
+            id.to_string(),
+            Container {
+                lc,
+                cgroup_path,
+                bundle,
+                init: Arc::new(init),
+                execs: HashMap::new(),
+                oom_seen: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn cleanup_failed(&self, id: &str, bundle: &Path) {
+        let dir = self.lc_root().join(id);
+        if dir.exists() {
+            if let Ok(mut lc) = LcContainer::load(dir.clone()) {
+                if let Err(e) = lc.delete(true) {
+                    tracing::warn!(id, "cleaning up a failed container: {e}");
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+
+    fn with_stdio(
+        &self,
+        builder: ContainerBuilder,
+        bundle: &Path,
+        name: &str,
+        terminal: bool,
+    ) -> Result<(ContainerBuilder, PendingStdio)> {
+        if terminal {
+            let path = bundle.join(format!("{name}.console"));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| AgentError::io("binding the console socket", e))?;
+            Ok((
+                builder.with_console_socket(Some(&path)),
+                PendingStdio::Pty(listener, path),
+            ))
+        } else {
+            let (ours, child) = Stdio::pipes()?;
+            let ChildStdio {
+                stdin,
+                stdout,
+                stderr,
+            } = child;
+            Ok((
+                builder
+                    .with_stdin(stdin)
+                    .with_stdout(stdout)
+                    .with_stderr(stderr),
+                PendingStdio::Pipes(ours),
+            ))
+        }
+    }
+
+    /// Starts the init process of a created container.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let mut map = self.lock();
+        let c = map.get_mut(id).ok_or_else(|| not_found(id))?;
+        c.lc.refresh_status()?;
+        if c.lc.status() != ContainerStatus::Created {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {id:?} is {:?}, not created",
+                c.lc.status()
+            )));
+        }
+        c.lc.start()?;
+        tracing::info!(id, "container started");
+        Ok(())
+    }
+
+    /// Runs another process in a running container.
+    pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<()> {
+        spec::validate_id("exec", exec_id)?;
+        let process = spec::parse_process(process_json)?;
+        let mut map = self.lock();
+        let c = map.get_mut(id).ok_or_else(|| not_found(id))?;
+        if c.execs.contains_key(exec_id) {
+            return Err(AgentError::AlreadyExists(format!(
+                "exec {exec_id:?} of container {id:?}"
+            )));
+        }
+        c.lc.refresh_status()?;
+        if c.lc.status() != ContainerStatus::Running {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {id:?} is {:?}, not running",
+                c.lc.status()
+            )));
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let path = c.bundle.join(format!("exec-{exec_id}.json"));
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&process).map_err(|e| AgentError::Internal(e.to_string()))?,
+        )
+        .map_err(|e| AgentError::io("writing the exec process", e))?;
+        let (builder, io) = self.with_stdio(
+            self.builder(id)?,
+            &c.bundle,
+            &format!("exec-{exec_id}"),
+            terminal,
+        )?;
+        let pid = builder
+            .as_tenant()
+            .with_detach(true)
+            .with_process(Some(&path))
+            .build()?;
+        let pid = Pid::from_raw(pid.as_raw());
+        let exit = self.reaper.register(pid);
+        let stdio = io.finish()?;
+        let _ = std::fs::remove_file(&path);
+        tracing::info!(id, exec_id, %pid, "exec started");
+        c.execs
+            .insert(exec_id.to_string(), Arc::new(Process { pid, stdio, exit }));
+        Ok(())
+    }
+
+    /// The process named by (id, exec_id); an empty exec_id is the init process.
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        let map = self.lock();
+        let c = map.get(id).ok_or_else(|| not_found(id))?;
+        if exec_id.is_empty() {
+            return Ok(c.init.clone());
+        }
+        c.execs
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("exec {exec_id:?} of container {id:?}")))
+    }
+
+    /// Sends `signal` to one process, or to every process of the container when `all`.
+    pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| AgentError::InvalidArgument(format!("{signal} is not a signal")))?;
+        if all {
+            if !exec_id.is_empty() {
+                return Err(AgentError::InvalidArgument(
+                    "'all' applies to the init process only".into(),
+                ));
+            }
+            let mut map = self.lock();
+            let c = map.get_mut(id).ok_or_else(|| not_found(id))?;
+            c.lc.refresh_status()?;
+            return Ok(c.lc.kill(lc_signal(sig as i32)?, true)?);
+        }
+        let p = self.process(id, exec_id)?;
+        if p.exited().is_some() {
+            return Err(AgentError::NotFound(format!(
+                "process {exec_id:?} of container {id:?} has exited"
+            )));
+        }
+        nix::sys::signal::kill(p.pid, sig).map_err(|e| match e {
+            nix::errno::Errno::ESRCH => AgentError::NotFound(format!("process {} is gone", p.pid)),
+            e => AgentError::Internal(format!("kill: {e}")),
+        })
+    }
+
+    /// Waits for a process to exit.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
+        let p = self.process(id, exec_id)?;
+        Ok(p.wait().await)
+    }
+
+    /// Freezes or thaws every process of the container.
+    pub fn pause(&self, id: &str, pause: bool) -> Result<()> {
+        let mut map = self.lock();
+        let c = map.get_mut(id).ok_or_else(|| not_found(id))?;
+        c.lc.refresh_status()?;
+        if pause {
+            c.lc.pause()?;
+        } else {
+            c.lc.resume()?;
+        }
+        Ok(())
+    }
+
+    /// Applies new cgroup limits.
+    pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        let resources: LinuxResources = serde_json::from_slice(resources_json).map_err(|e| {
+            AgentError::InvalidArgument(format!("the resources are not valid: {e}"))
+        })?;
+        let path = self.cgroup_path(id)?;
+        let opt = ControllerOpt {
+            resources: &resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        cgroup::manager(&path, id)?.apply(&opt).map_err(|e| {
+            AgentError::InvalidArgument(format!("the kernel refused the resources: {e}"))
+        })
+    }
+
+    fn cgroup_path(&self, id: &str) -> Result<String> {
+        self.lock()
+            .get(id)
+            .map(|c| c.cgroup_path.clone())
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Cgroup and network statistics.
+    pub fn stats(&self, id: &str) -> Result<carapace_protocol::agent::StatsContainerResponse> {
+        cgroup::stats(&self.cgroup_path(id)?, id)
+    }
+
+    /// Kills what still runs, waits for the init process, and deletes the container's
+    /// cgroup, mounts and state.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let init = self.process(id, "")?;
+        if init.exited().is_none() {
+            {
+                let mut map = self.lock();
+                if let Some(c) = map.get_mut(id) {
+                    let _ = c.lc.refresh_status();
+                    if c.lc.status() == ContainerStatus::Paused {
+                        let _ = c.lc.resume();
+                    }
+                    if let Err(e) = c.lc.kill(lc_signal(libc::SIGKILL)?, true) {
+                        tracing::warn!(id, "killing the container: {e}");
+                        let _ = nix::sys::signal::kill(init.pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(10), init.wait())
+                .await
+                .is_err()
+            {
+                return Err(AgentError::Internal(format!(
+                    "container {id:?} did not die within 10 s"
+                )));
+            }
+        }
+        let mut c = self.lock().remove(id).ok_or_else(|| not_found(id))?;
+        let _ = c.lc.refresh_status();
+        let result = c.lc.delete(true);
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        let _ = std::fs::remove_dir_all(self.lc_root().join(id));
+        result?;
+        tracing::info!(id, "container removed");
+        Ok(())
+    }
+
+    /// Ids of every container.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Looks for new OOM kills in every container's cgroup and reports them.
+    pub fn poll_oom(&self) {
+        let mut map = self.lock();
+        for (id, c) in map.iter_mut() {
+            let kills = cgroup::oom_kills(&c.cgroup_path);
+            if kills > c.oom_seen {
+                c.oom_seen = kills;
+                tracing::info!(id, kills, "OOM kill");
+                let _ = self.oom_tx.send(id.clone());
+            }
+        }
+    }
+}
+
+/// The agent's side of a new process's stdio, completed once libcontainer has built it.
+enum PendingStdio {
+    Pipes(Stdio),
+    /// libcontainer connects to this socket and sends the pty master over it.
+    Pty(UnixListener, PathBuf),
+}
+
+impl PendingStdio {
+    fn finish(self) -> Result<Stdio> {
+        match self {
+            Self::Pipes(s) => Ok(s),
+            Self::Pty(listener, path) => {
+                let fd = receive_fd(&listener);
+                let _ = std::fs::remove_file(path);
+                Stdio::pty(fd?)
+            }
+        }
+    }
+}
+
+fn receive_fd(listener: &UnixListener) -> Result<OwnedFd> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| AgentError::io("console socket", e))?;
+    let (conn, _) = listener
+        .accept()
+        .map_err(|e| AgentError::io("accepting the console socket", e))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| AgentError::io("console socket", e))?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&conn),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| AgentError::Internal(format!("receiving the pty master: {e}")))?;
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| AgentError::Internal(format!("receiving the pty master: {e}")))?
+    {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed `fd` in our table for us (SCM_RIGHTS);
+                // nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(AgentError::Internal(
+        "libcontainer sent no pty master".into(),
+    ))
+}

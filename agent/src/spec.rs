@@ -1,0 +1,234 @@
+//! Rewrites an OCI spec received from the shim into the one the agent runs: rootfs location,
+//! the per-container namespaces, the pod's shared network namespace, the agent's cgroup
+//! layout and the sandbox's hostname/DNS/hosts files. Pure functions, unit-tested.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceType, Mount, MountBuilder, Process, RootBuilder, Spec,
+};
+
+use crate::error::{AgentError, Result};
+
+/// Namespaces every container gets of its own; the network namespace is the pod's (the
+/// agent's) and is never created per container.
+const OWN_NAMESPACES: [LinuxNamespaceType; 4] = [
+    LinuxNamespaceType::Mount,
+    LinuxNamespaceType::Pid,
+    LinuxNamespaceType::Uts,
+    LinuxNamespaceType::Ipc,
+];
+
+/// Checks a container or exec id: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
+pub fn validate_id(kind: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::InvalidArgument(format!(
+            "{kind} id {id:?} must be 1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
+        )))
+    }
+}
+
+/// Parses the spec JSON the shim sent.
+pub fn parse(json: &[u8]) -> Result<Spec> {
+    serde_json::from_slice(json)
+        .map_err(|e| AgentError::InvalidArgument(format!("the OCI spec is not valid: {e}")))
+}
+
+/// Parses an exec's OCI Process JSON and checks it can run.
+pub fn parse_process(json: &[u8]) -> Result<Process> {
+    let process: Process = serde_json::from_slice(json)
+        .map_err(|e| AgentError::InvalidArgument(format!("the OCI process is not valid: {e}")))?;
+    check_process(&process)?;
+    Ok(process)
+}
+
+fn check_process(process: &Process) -> Result<()> {
+    if process.args().as_ref().map_or(true, |a| a.is_empty()) {
+        return Err(AgentError::InvalidArgument(
+            "the process has no args".into(),
+        ));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(AgentError::InvalidArgument(format!(
+            "the process cwd {:?} is not absolute",
+            process.cwd()
+        )));
+    }
+    Ok(())
+}
+
+/// The sandbox-wide files containers see at /etc/hostname, /etc/hosts, /etc/resolv.conf.
+#[derive(Debug, Default, Clone)]
+pub struct SandboxFiles {
+    /// Host paths (in the agent's view) keyed by their destination in the container.
+    pub files: Vec<(PathBuf, &'static str)>,
+    /// The pod's hostname, given to containers whose spec names none.
+    pub hostname: Option<String>,
+}
+
+/// Everything the agent decides for a container regardless of the spec it got.
+pub struct Placement<'a> {
+    /// The container's root filesystem in the agent's view.
+    pub rootfs: &'a Path,
+    /// The cgroup the container gets (an absolute cgroup path).
+    pub cgroup_path: String,
+    /// Sandbox-wide files to bind into the container.
+    pub sandbox: &'a SandboxFiles,
+}
+
+/// Rewrites `spec` for running inside the guest.
+pub fn adapt(spec: &mut Spec, place: &Placement<'_>) -> Result<()> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| AgentError::InvalidArgument("the spec has no process".into()))?;
+    check_process(process)?;
+    if !place.rootfs.is_dir() {
+        return Err(AgentError::InvalidArgument(format!(
+            "the rootfs {} is not a directory",
+            place.rootfs.display()
+        )));
+    }
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let root = RootBuilder::default()
+        .path(place.rootfs)
+        .readonly(readonly)
+        .build()
+        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+    spec.set_root(Some(root));
+
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces: Vec<LinuxNamespace> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        // The pod's network namespace is the agent's own: share it.
+        .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+        .collect();
+    for typ in OWN_NAMESPACES {
+        if !namespaces.iter().any(|ns| ns.typ() == typ) {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(typ);
+            namespaces.push(ns);
+        }
+    }
+    linux.set_namespaces(Some(namespaces));
+    linux.set_cgroups_path(Some(PathBuf::from(&place.cgroup_path)));
+    spec.set_linux(Some(linux));
+
+    if spec.hostname().is_none() {
+        spec.set_hostname(place.sandbox.hostname.clone());
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (source, dest) in &place.sandbox.files {
+        if !mounts.iter().any(|m| m.destination() == Path::new(dest)) {
+            mounts.push(bind_ro(source, dest)?);
+        }
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+fn bind_ro(source: &Path, dest: &str) -> Result<Mount> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(vec![
+            "rbind".to_string(),
+            "ro".to_string(),
+            "nosuid".to_string(),
+            "nodev".to_string(),
+        ])
+        .build()
+        .map_err(|e| AgentError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Spec {
+        Spec::default()
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_id("container", "abc-1_2.x").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_id("container", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn adapt_adds_own_namespaces_and_drops_network() {
+        let mut spec = minimal();
+        spec.set_hostname(None);
+        let dir = std::env::temp_dir();
+        let sandbox = SandboxFiles {
+            hostname: Some("pod".into()),
+            ..Default::default()
+        };
+        let place = Placement {
+            rootfs: &dir,
+            cgroup_path: "/carapace/c1".into(),
+            sandbox: &sandbox,
+        };
+        adapt(&mut spec, &place).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let types: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(!types.contains(&LinuxNamespaceType::Network));
+        for t in OWN_NAMESPACES {
+            assert!(types.contains(&t));
+        }
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/carapace/c1"))
+        );
+        assert_eq!(spec.root().as_ref().unwrap().path(), &dir);
+        assert_eq!(spec.hostname().as_deref(), Some("pod"));
+    }
+
+    #[test]
+    fn bad_specs_are_invalid_arguments() {
+        assert!(matches!(
+            parse(b"{not json"),
+            Err(AgentError::InvalidArgument(_))
+        ));
+        let mut spec = minimal();
+        spec.set_process(None);
+        let sandbox = SandboxFiles::default();
+        let place = Placement {
+            rootfs: Path::new("/nonexistent-rootfs"),
+            cgroup_path: "/c".into(),
+            sandbox: &sandbox,
+        };
+        assert!(matches!(
+            adapt(&mut spec, &place),
+            Err(AgentError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            parse_process(br#"{"cwd":"/","args":[]}"#),
+            Err(AgentError::InvalidArgument(_))
+        ));
+    }
+}

@@ -1,0 +1,573 @@
+//! Host-level tests of carapace-agent: the real binary, run as an ordinary root process in its
+//! own mount namespace and listening on a Unix socket, creating real containers from a busybox
+//! rootfs through its ttrpc API. Each test starts its own agent under its own cgroup parent
+//! and removes every trace (processes, cgroups, files) when it ends. Skipped unless root.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use carapace_protocol::agent::*;
+use carapace_protocol::agent_ttrpc::AgentServiceClient;
+use oci_spec::runtime::Spec;
+use ttrpc::context;
+use ttrpc::Code;
+
+const CTX_SECS: i64 = 30;
+
+fn ctx() -> context::Context {
+    context::with_timeout(CTX_SECS * 1_000_000_000)
+}
+
+/// One running agent and its scratch directory.
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    cgroup_parent: String,
+    client: AgentServiceClient,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A busybox rootfs with relative applet links (so they resolve inside the container).
+fn make_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    root
+}
+
+impl Agent {
+    async fn start(name: &str) -> Option<Self> {
+        if !is_root() {
+            eprintln!("skipped: host tests of the agent need root");
+            return None;
+        }
+        let dir =
+            std::env::temp_dir().join(format!("carapace-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        make_rootfs(&dir);
+        let sock = dir.join("agent.sock");
+        let cgroup_parent = format!("/carapace-test-{name}-{}", std::process::id());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_carapace-agent"));
+        cmd.arg("--listen")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--cgroup-parent")
+            .arg(&cgroup_parent);
+        // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let none = c"none";
+                let root = c"/";
+                if libc::mount(
+                    none.as_ptr(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting carapace-agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = loop {
+            if let Ok(c) =
+                ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display())).await
+            {
+                break c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not listen within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Some(Self {
+            child,
+            dir,
+            cgroup_parent,
+            client: AgentServiceClient::new(client),
+        })
+    }
+
+    fn rootfs(&self) -> String {
+        self.dir.join("rootfs").display().to_string()
+    }
+
+    fn spec(&self, args: &[&str], edit: impl FnOnce(&mut Spec)) -> Vec<u8> {
+        let mut spec = Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        process.set_terminal(Some(false));
+        spec.set_process(Some(process));
+        edit(&mut spec);
+        serde_json::to_vec(&spec).unwrap()
+    }
+
+    async fn create(&self, id: &str, spec: Vec<u8>) -> ttrpc::Result<()> {
+        let req = CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec: spec,
+            rootfs: self.rootfs(),
+            ..Default::default()
+        };
+        self.client.create_container(ctx(), &req).await.map(|_| ())
+    }
+
+    async fn run(&self, id: &str, spec: Vec<u8>) {
+        self.create(id, spec).await.expect("CreateContainer");
+        let req = StartContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client
+            .start_container(ctx(), &req)
+            .await
+            .expect("StartContainer");
+    }
+
+    async fn read_all(&self, id: &str, exec: &str, stderr: bool) -> String {
+        let mut out = Vec::new();
+        loop {
+            let req = ReadStreamRequest {
+                container_id: id.into(),
+                exec_id: exec.into(),
+                len: 4096,
+                ..Default::default()
+            };
+            let r = if stderr {
+                self.client.read_stderr(ctx(), &req).await
+            } else {
+                self.client.read_stdout(ctx(), &req).await
+            };
+            let r = r.expect("reading a stream");
+            if r.eof {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            out.extend_from_slice(&r.data);
+        }
+    }
+
+    async fn wait(&self, id: &str, exec: &str) -> WaitProcessResponse {
+        let req = WaitProcessRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            ..Default::default()
+        };
+        self.client
+            .wait_process(ctx(), &req)
+            .await
+            .expect("WaitProcess")
+    }
+
+    async fn signal(&self, id: &str, exec: &str, signal: i32, all: bool) -> ttrpc::Result<()> {
+        let req = SignalProcessRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            signal: signal as u32,
+            all,
+            ..Default::default()
+        };
+        self.client.signal_process(ctx(), &req).await.map(|_| ())
+    }
+
+    async fn exec(&self, id: &str, exec: &str, args: &[&str]) -> ttrpc::Result<()> {
+        let process = serde_json::json!({"args": args, "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
+        let req = ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            process: process.to_string().into_bytes(),
+            ..Default::default()
+        };
+        self.client.exec_process(ctx(), &req).await.map(|_| ())
+    }
+
+    async fn stats(&self, id: &str) -> StatsContainerResponse {
+        let req = StatsContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client
+            .stats_container(ctx(), &req)
+            .await
+            .expect("StatsContainer")
+    }
+
+    /// Removes the container and checks nothing of it is left.
+    async fn remove(&self, id: &str) {
+        let req = RemoveContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client
+            .remove_container(ctx(), &req)
+            .await
+            .expect("RemoveContainer");
+        for dir in self.cgroup_dirs(id) {
+            assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+        }
+        let mountinfo =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", self.child.id())).unwrap();
+        assert!(
+            !mountinfo.contains(&self.rootfs()),
+            "a mount of the rootfs is left behind:\n{mountinfo}"
+        );
+        assert!(
+            !self.dir.join("state/containers").join(id).exists(),
+            "libcontainer state left behind"
+        );
+        assert!(
+            !self.dir.join("state/bundles").join(id).exists(),
+            "bundle left behind"
+        );
+    }
+
+    fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        let rel = format!("{}/{id}", self.cgroup_parent.trim_start_matches('/'));
+        let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(&rel)];
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            dirs.extend(entries.flatten().map(|e| e.path().join(&rel)));
+        }
+        dirs
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Containers a failed test left: kill their processes, then their cgroups.
+        let parent = self.cgroup_parent.trim_start_matches('/').to_string();
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup").join(&parent)];
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            roots.extend(entries.flatten().map(|e| e.path().join(&parent)));
+        }
+        for root in roots.iter().filter(|r| r.is_dir()) {
+            if let Ok(children) = std::fs::read_dir(root) {
+                for c in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::write(c.path().join("freezer.state"), "THAWED");
+                    let _ = std::fs::write(c.path().join("cgroup.freeze"), "0");
+                    for pid in std::fs::read_to_string(c.path().join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                    {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            // SAFETY: kill has no memory preconditions.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            let _ = std::fs::remove_dir(root);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn code(r: ttrpc::Result<impl Sized>) -> Code {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        Err(e) => panic!("not an RPC status: {e:?}"),
+        Ok(_) => Code::OK,
+    }
+}
+
+#[tokio::test]
+async fn exit_code_stdout_and_stderr() {
+    let Some(a) = Agent::start("exit").await else {
+        return;
+    };
+    a.run(
+        "c1",
+        a.spec(&["sh", "-c", "echo out; echo err >&2; exit 3"], |_| {}),
+    )
+    .await;
+    assert_eq!(a.read_all("c1", "", false).await, "out\n");
+    assert_eq!(a.read_all("c1", "", true).await, "err\n");
+    assert_eq!(a.wait("c1", "").await.exit_status, 3);
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_process() {
+    let Some(a) = Agent::start("stdin").await else {
+        return;
+    };
+    a.run("c1", a.spec(&["cat"], |_| {})).await;
+    let req = WriteStreamRequest {
+        container_id: "c1".into(),
+        data: b"hello\n".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(a.client.write_stdin(ctx(), &req).await.unwrap().len, 6);
+    let req = CloseStdinRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    a.client.close_stdin(ctx(), &req).await.unwrap();
+    assert_eq!(a.read_all("c1", "", false).await, "hello\n");
+    assert_eq!(a.wait("c1", "").await.exit_status, 0);
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn exec_signals_and_duplicate_exec_ids() {
+    let Some(a) = Agent::start("exec").await else {
+        return;
+    };
+    a.run("c1", a.spec(&["sleep", "1000"], |_| {})).await;
+    a.exec("c1", "e1", &["sh", "-c", "echo in-exec; exit 7"])
+        .await
+        .unwrap();
+    assert_eq!(a.read_all("c1", "e1", false).await, "in-exec\n");
+    assert_eq!(a.wait("c1", "e1").await.exit_status, 7);
+    assert_eq!(
+        code(a.exec("c1", "e1", &["true"]).await),
+        Code::ALREADY_EXISTS
+    );
+    // An exec sees the init process in the container's own pid namespace as PID 1.
+    a.exec(
+        "c1",
+        "e2",
+        &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.read_all("c1", "e2", false).await, "sleep 1000 ");
+    a.exec("c1", "e3", &["sleep", "1000"]).await.unwrap();
+    a.signal("c1", "e3", libc::SIGTERM, false).await.unwrap();
+    let w = a.wait("c1", "e3").await;
+    assert_eq!(
+        (w.exit_status, w.signal),
+        (128 + libc::SIGTERM, libc::SIGTERM as u32)
+    );
+    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
+    assert_eq!(a.wait("c1", "").await.exit_status, 128 + libc::SIGKILL);
+    assert_eq!(
+        code(a.signal("c1", "", libc::SIGKILL, false).await),
+        Code::NOT_FOUND
+    );
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn errors_have_precise_codes_and_the_agent_keeps_serving() {
+    let Some(a) = Agent::start("errors").await else {
+        return;
+    };
+    let start = |id: &str| StartContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(a.client.start_container(ctx(), &start("nope")).await),
+        Code::NOT_FOUND
+    );
+    let wait = WaitProcessRequest {
+        container_id: "nope".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(a.client.wait_process(ctx(), &wait).await),
+        Code::NOT_FOUND
+    );
+    assert_eq!(
+        code(a.create("bad/id", a.spec(&["true"], |_| {})).await),
+        Code::INVALID_ARGUMENT
+    );
+    assert_eq!(
+        code(a.create("c1", b"{not json".to_vec()).await),
+        Code::INVALID_ARGUMENT
+    );
+    assert_eq!(
+        code(a.create("c1", a.spec(&[], |_| {})).await),
+        Code::INVALID_ARGUMENT
+    );
+    a.create("c1", a.spec(&["true"], |_| {})).await.unwrap();
+    assert_eq!(
+        code(a.create("c1", a.spec(&["true"], |_| {})).await),
+        Code::ALREADY_EXISTS
+    );
+    assert_eq!(
+        code(a.exec("c1", "e1", &["true"]).await),
+        Code::FAILED_PRECONDITION
+    );
+    let upd = carapace_protocol::agent::UpdateInterfaceRequest::new();
+    assert_eq!(
+        code(a.client.update_interface(ctx(), &upd).await),
+        Code::UNIMPLEMENTED
+    );
+    let r = a.client.check(ctx(), &CheckRequest::new()).await.unwrap();
+    assert!(r.serving);
+    a.client.start_container(ctx(), &start("c1")).await.unwrap();
+    assert_eq!(
+        code(a.client.start_container(ctx(), &start("c1")).await),
+        Code::FAILED_PRECONDITION
+    );
+    assert_eq!(a.wait("c1", "").await.exit_status, 0);
+    a.remove("c1").await;
+    let req = RemoveContainerRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(a.client.remove_container(ctx(), &req).await),
+        Code::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn pids_limit_refuses_fork() {
+    let Some(a) = Agent::start("pids").await else {
+        return;
+    };
+    let spec = a.spec(
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; echo forked",
+        ],
+        |s| {
+            let mut linux = s.linux().clone().unwrap();
+            let json = serde_json::json!({"pids": {"limit": 4}});
+            linux.set_resources(Some(serde_json::from_value(json).unwrap()));
+            s.set_linux(Some(linux));
+        },
+    );
+    a.run("c1", spec).await;
+    let stats = a.stats("c1").await;
+    assert_eq!(stats.pids.limit, 4);
+    let err = a.read_all("c1", "", true).await;
+    assert!(err.contains("fork"), "no fork failure reported: {err:?}");
+    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
+    a.wait("c1", "").await;
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn pause_resume_and_stats_that_move() {
+    let Some(a) = Agent::start("pause").await else {
+        return;
+    };
+    a.run(
+        "c1",
+        a.spec(&["sh", "-c", "while true; do :; done"], |_| {}),
+    )
+    .await;
+    let cpu = |s: &StatsContainerResponse| s.cpu.usage_usec;
+    let s0 = a.stats("c1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s1 = a.stats("c1").await;
+    assert!(
+        cpu(&s1) > cpu(&s0),
+        "cpu usage did not move: {} -> {}",
+        cpu(&s0),
+        cpu(&s1)
+    );
+    assert!(s1.pids.current >= 1);
+    assert!(s1.memory.usage_bytes > 0);
+    let pause = PauseContainerRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    a.client.pause_container(ctx(), &pause).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let p0 = a.stats("c1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p1 = a.stats("c1").await;
+    assert_eq!(cpu(&p0), cpu(&p1), "a paused container used CPU");
+    let resume = ResumeContainerRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    a.client.resume_container(ctx(), &resume).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        cpu(&a.stats("c1").await) > cpu(&p1),
+        "a resumed container did not run"
+    );
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn memory_limit_reports_an_oom_event() {
+    let Some(a) = Agent::start("oom").await else {
+        return;
+    };
+    let spec = a.spec(&["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"], |s| {
+        let mut linux = s.linux().clone().unwrap();
+        let json = serde_json::json!({"memory": {"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024}});
+        linux.set_resources(Some(serde_json::from_value(json).unwrap()));
+        s.set_linux(Some(linux));
+    });
+    a.run("c1", spec).await;
+    let ev = a
+        .client
+        .get_oom_event(ctx(), &GetOOMEventRequest::new())
+        .await
+        .expect("GetOOMEvent");
+    assert_eq!(ev.container_id, "c1");
+    let w = a.wait("c1", "").await;
+    assert_eq!(w.signal, libc::SIGKILL as u32);
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn terminal_process_gets_a_pty() {
+    let Some(a) = Agent::start("tty").await else {
+        return;
+    };
+    let spec = a.spec(&["sh", "-c", "tty; stty size; exit 2"], |s| {
+        let mut p = s.process().clone().unwrap();
+        p.set_terminal(Some(true));
+        s.set_process(Some(p));
+    });
+    a.create("c1", spec).await.unwrap();
+    let req = TtyWinResizeRequest {
+        container_id: "c1".into(),
+        rows: 33,
+        columns: 101,
+        ..Default::default()
+    };
+    a.client.tty_win_resize(ctx(), &req).await.unwrap();
+    let start = StartContainerRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    a.client.start_container(ctx(), &start).await.unwrap();
+    let out = a.read_all("c1", "", false).await;
+    assert!(out.contains("/dev/pts/"), "not a pty: {out:?}");
+    assert!(out.contains("33 101"), "window size not applied: {out:?}");
+    assert_eq!(a.wait("c1", "").await.exit_status, 2);
+    a.remove("c1").await;
+}
