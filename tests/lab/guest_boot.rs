@@ -14,13 +14,8 @@ lab_test! {
         let mut cmd = qemu_microvm(&kernel, &initrd, "console=ttyS0 quiet reboot=t panic=-1", 2, 256);
         let mut guest = Console::spawn(&mut cmd);
         let marker_at = guest.wait_for_line(AGENT_BOOT_MARKER, Duration::from_secs(120));
-        let status = guest.wait_exit(Duration::from_secs(60));
-        assert!(status.success(), "qemu exited with {status}:\n{}", guest.text());
         assert!(guest.text().contains(", 2 cpus,"), "the guest did not bring up 2 vCPUs:\n{}", guest.text());
-        println!(
-            "lab figure: QEMU microvm + KVM, start to init marker {:.0} ms, to exit {:.0} ms",
-            ms(marker_at),
-            ms(guest.elapsed())
-        );
+        println!("lab figure: QEMU microvm + KVM, start to init marker {:.0} ms", ms(marker_at));
+        // The agent serves until told to stop; dropping the console stops QEMU.
     }
 }

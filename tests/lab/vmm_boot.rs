@@ -133,3 +133,22 @@ lab_test! {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+lab_test! {
+    fn vmm_stops_in_order_on_sigterm_and_removes_its_sockets() {
+        let (kernel, initrd) = (guest_kernel(), test_initramfs());
+        let dir = tempdir();
+        let (api, vsock) = (dir.join("api.sock"), dir.join("v.sock"));
+        let mut cmd = carapace_vmm(&kernel, &initrd, &format!("{CMDLINE} carapace.test=wait"), 1, 128);
+        cmd.arg("--api-socket").arg(&api).arg("--vsock").arg(format!("3,{}", vsock.display()));
+        let mut guest = Console::spawn(&mut cmd);
+        guest.wait_for_line("waiting", Duration::from_secs(120));
+        assert!(api.exists() && vsock.exists());
+        // SAFETY: kill(2) sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(guest.pid() as i32, libc::SIGTERM) }, 0);
+        let status = guest.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", guest.text());
+        assert!(!api.exists() && !vsock.exists(), "sockets were left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -151,6 +151,11 @@ fn main() -> ExitCode {
         eprintln!("carapace-vmm: {e}");
         return ExitCode::from(2);
     }
+    // SIGTERM, SIGINT and SIGHUP end the VM in order (sockets removed), like an API shutdown:
+    // blocked here so every thread inherits the mask, and taken by one thread with sigwait.
+    let signals = termination_signals();
+    // SAFETY: pthread_sigmask only reads the set we own.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     let mut machine = match Machine::new(&config) {
         Ok(m) => m,
         Err(e) => {
@@ -178,9 +183,34 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    let handle = machine.handle();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: sigwait reads the set and writes the signal number into `sig`.
+            if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                eprintln!("carapace-vmm: signal {sig}: stopping the VM");
+                handle.shutdown();
+            }
+        });
     let reason = machine.run();
     eprintln!("carapace-vmm: {reason}");
     ExitCode::from(reason.exit_code() as u8)
+}
+
+/// The signals that stop the VM in order.
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is a valid sigset_t we own.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+    }
+    set
 }
 
 /// Log to stderr at the level in CARAPACE_LOG (error, warn, info, debug; default warn).

@@ -53,12 +53,6 @@ fn main() {
     );
     let mut guest = Console::spawn(&mut cmd);
     let at = guest.wait_for_line(AGENT_BOOT_MARKER, Duration::from_secs(120));
-    let status = guest.wait_exit(Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "carapace-vmm ended with {status}:\n{}",
-        guest.text()
-    );
     let line = guest
         .text()
         .lines()
@@ -70,5 +64,6 @@ fn main() {
         ms(at)
     );
     println!("  {line}");
+    drop(guest); // the agent serves until stopped: end the VM
     println!("demo: not yet: a container in a carapace microVM through containerd (the agent and shim issues build it)");
 }
