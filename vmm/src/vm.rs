@@ -5,7 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -169,7 +169,9 @@ pub struct DeviceStatus {
 pub struct MachineHandle {
     control: Arc<VcpuControl>,
     exit: Arc<VmExit>,
-    transports: Vec<(Arc<Mutex<MmioTransport>>, u64, u32)>,
+    // Weak: a handle kept by the API thread must not keep devices alive after the machine
+    // ends (their Drop removes host-side sockets).
+    transports: Vec<(Weak<Mutex<MmioTransport>>, u64, u32)>,
     started: Instant,
     guest_ranges: Vec<(usize, usize)>,
     /// vCPU count.
@@ -210,6 +212,7 @@ impl MachineHandle {
         use std::sync::atomic::Ordering::Relaxed;
         self.transports
             .iter()
+            .filter_map(|(t, base, irq)| Some((t.upgrade()?, base, irq)))
             .map(|(t, base, irq)| {
                 let t = t.lock().unwrap_or_else(|e| e.into_inner());
                 let c = t.device().counters();
@@ -443,7 +446,7 @@ impl Machine {
             cmdline
                 .add_virtio_mmio_device(MMIO_LEN, GuestAddress(base), irq, None)
                 .map_err(|e| MachineError::Device(format!("cmdline: {e:?}")))?;
-            transports.push((t, base, irq));
+            transports.push((Arc::downgrade(&t), base, irq));
         }
         event_manager.add_subscriber(Box::new(ExitSubscriber(exit.clone())));
 
