@@ -13,6 +13,7 @@ mod cgroup;
 mod container;
 mod error;
 mod init;
+mod network;
 mod process;
 mod reaper;
 mod sandbox;
@@ -113,8 +114,16 @@ fn run(o: Options, is_init: bool) -> anyhow::Result<()> {
                 watched.poll_oom();
             }
         });
+        let net = network::Netlink::connect().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if is_init {
+            // Containers share the pod's network namespace, whose loopback starts down.
+            if let Err(e) = net.link_up("lo").await {
+                tracing::warn!("bringing lo up: {e}");
+            }
+        }
         let agent = service::Agent {
             containers,
+            net,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
             is_init,
         };
