@@ -480,11 +480,14 @@ pub fn to_proto_route(e: &RouteEntry, links: &[LinkInfo]) -> Route {
 
 /// Maps a kernel refusal (a positive errno) to the agent's error, keeping the kernel's words.
 pub fn errno_error(what: &str, errno: i32) -> AgentError {
-    let msg = format!("{what}: {}", std::io::Error::from_raw_os_error(errno));
+    let desc = nix::errno::Errno::from_raw(errno).desc();
+    let msg = format!("{what}: {desc}");
     match errno {
-        libc::EEXIST => AgentError::AlreadyExists(msg),
+        libc::EEXIST => AgentError::AlreadyExists(format!("what {what} adds")),
+        libc::ENODEV | libc::ENOENT | libc::ESRCH => {
+            AgentError::NotFound(format!("what {what} needs ({desc})"))
+        }
         libc::EPERM | libc::EACCES => AgentError::PermissionDenied(msg),
-        libc::ENODEV | libc::ENOENT | libc::ESRCH => AgentError::NotFound(msg),
         libc::EINVAL | libc::ERANGE | libc::EAFNOSUPPORT => AgentError::InvalidArgument(msg),
         libc::ENETUNREACH | libc::ENETDOWN | libc::EADDRNOTAVAIL => {
             AgentError::FailedPrecondition(msg)
@@ -793,6 +796,8 @@ mod tests {
         );
         let e = errno_error("adding", libc::EBUSY);
         assert_eq!(e.code(), Code::INTERNAL);
-        assert!(e.to_string().starts_with("adding: "), "{e}");
+        assert_eq!(e.to_string(), "adding: Device or resource busy");
+        let e = errno_error("adding the route", libc::EEXIST);
+        assert_eq!(e.to_string(), "what adding the route adds already exists");
     }
 }
