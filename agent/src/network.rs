@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use carapace_protocol::types::{ArpNeighbor, Interface, Route};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
@@ -331,12 +331,15 @@ pub struct LinkInfo {
     pub mac: Vec<u8>,
     /// Its MTU.
     pub mtu: u32,
+    /// Whether it is administratively up.
+    pub up: bool,
 }
 
 impl From<&LinkMessage> for LinkInfo {
     fn from(m: &LinkMessage) -> Self {
         let mut l = LinkInfo {
             index: m.header.index,
+            up: m.header.flags.contains(LinkFlags::Up),
             ..Default::default()
         };
         for a in &m.attributes {
@@ -706,12 +709,14 @@ mod tests {
                 name: "lo".into(),
                 mac: vec![0; 6],
                 mtu: 65536,
+                up: true,
             },
             LinkInfo {
                 index: 7,
                 name: "eth0".into(),
                 mac: vec![2, 0, 0, 0, 0, 1],
                 mtu: 1500,
+                up: false,
             },
         ];
         let by_mac = LinkSelector::Mac([2, 0, 0, 0, 0, 1]);

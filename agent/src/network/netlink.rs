@@ -320,4 +320,34 @@ mod tests {
         assert_eq!(m.header.address_family, AddressFamily::Inet6);
         assert_eq!(m.header.destination_prefix_length, 0);
     }
+
+    /// As root: in a fresh network namespace (this test's own thread) `lo` starts down and
+    /// `link_up` brings it up, as the agent does at boot.
+    #[test]
+    fn link_up_brings_lo_up_in_a_fresh_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare has no memory preconditions; CLONE_NEWNET moves only this thread.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let net = Netlink::connect().unwrap();
+                let lo = |links: Vec<LinkInfo>| links.into_iter().find(|l| l.name == "lo");
+                assert!(!lo(net.links().await.unwrap()).unwrap().up);
+                net.link_up("lo").await.unwrap();
+                assert!(lo(net.links().await.unwrap()).unwrap().up);
+                let err = net.link_up("nope0").await.unwrap_err();
+                assert_eq!(err.code(), ttrpc::Code::NOT_FOUND);
+            });
+        })
+        .join()
+        .unwrap();
+    }
 }
