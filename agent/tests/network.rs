@@ -279,13 +279,18 @@ async fn update_interface_sets_mtu_name_addresses_and_up() {
         (iface("x", "02:00:00:00:00:99", 0, &[]), Code::NOT_FOUND),
         // Renaming onto the peer's name.
         (iface("v0p", MAC, 0, &[]), Code::ALREADY_EXISTS),
-        // Above the veth's maximum MTU: the kernel refuses.
+        // Above the veth's maximum MTU: the kernel refuses (with a rename, too).
         (iface("eth0", "", 70000, &[]), Code::INVALID_ARGUMENT),
+        (iface("eth1", MAC, 70000, &[]), Code::INVALID_ARGUMENT),
     ];
     for (i, want) in bad {
         assert_eq!(code(a.update_interface(i.clone()).await), want, "{i:?}");
     }
     let link = &a.ip_json(&["addr", "show", "dev", "eth0"])[0];
+    assert!(
+        link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "a refused request left eth0 down: {link}"
+    );
     assert_eq!(
         (link["mtu"].as_u64(), addresses(link)),
         (Some(1400), vec!["10.0.1.5/16".to_string()])

@@ -131,8 +131,17 @@ impl Netlink {
             if let Some(m) = plan.mtu {
                 b = b.mtu(m);
             }
-            self.set_link(&format!("configuring {}", link.name), b.build())
-                .await?;
+            let configured = self
+                .set_link(&format!("configuring {}", link.name), b.build())
+                .await;
+            if let Err(e) = configured {
+                // A refused MTU or name leaves the link as it was, up if it was up.
+                if rename.is_some() && link.up {
+                    let up = LinkUnspec::new_with_index(link.index).up().build();
+                    let _ = self.set_link("bringing the link back up", up).await;
+                }
+                return Err(e);
+            }
         }
         let present = self.addresses(link.index).await?;
         for m in present {
