@@ -14,6 +14,7 @@ mod container;
 mod error;
 mod init;
 mod initramfs;
+mod network;
 mod process;
 mod reaper;
 mod sandbox;
@@ -123,8 +124,16 @@ fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
                 watched.poll_oom();
             }
         });
+        let net = network::Netlink::connect().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if is_init {
+            // Containers share the pod's network namespace, whose loopback starts down.
+            if let Err(e) = net.link_up("lo").await {
+                tracing::warn!("bringing lo up: {e}");
+            }
+        }
         let agent = service::Agent {
             containers,
+            net,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
             is_init,
         };
