@@ -68,17 +68,16 @@ fn parse_args(is_init: bool) -> anyhow::Result<Options> {
 }
 
 fn main() {
-    let mut started = initramfs::monotonic_ns();
+    let started = monotonic_ns();
     let is_init = std::process::id() == 1;
     if is_init {
         if initramfs::on_initial_rootfs() {
-            // Returns only on failure; containers cannot start then, but the agent still
-            // serves (health, guest details) so the shim can report why.
-            if let Err(e) = initramfs::leave(started) {
+            // Containers cannot start without it, but the agent still serves (health, guest
+            // details) so the shim can report why.
+            if let Err(e) = initramfs::leave() {
                 eprintln!("carapace-agent: cannot leave the initramfs: {e:#}");
             }
         }
-        started = initramfs::forget_marker().unwrap_or(started);
         init::print_marker();
         if let Err(e) = init::setup() {
             eprintln!("carapace-agent: fatal: {e:#}");
@@ -147,7 +146,7 @@ fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
             .register_service(services);
         server.start().await.context("starting the ttrpc server")?;
         // The figure "agent start to serving": from exec (as PID 1: the kernel starting /init).
-        let ready_ms = initramfs::monotonic_ns().saturating_sub(started) as f64 / 1e6;
+        let ready_ms = monotonic_ns().saturating_sub(started) as f64 / 1e6;
         tracing::info!(
             listen = o.listen,
             ready_ms = format!("{ready_ms:.1}"),
@@ -159,4 +158,11 @@ fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
         let _ = server.shutdown().await;
         Ok(())
     })
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (the start-up figure spans the agent's start to serving).
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
