@@ -34,6 +34,10 @@ pub struct Layout {
     pub state_dir: PathBuf,
     /// The cgroup under which each container gets `<parent>/<id>`.
     pub cgroup_parent: String,
+    /// Enter the container's rootfs by moving it onto / and chroot instead of pivot_root(2),
+    /// which refuses to move away from the initramfs (EINVAL when / is the rootfs mount):
+    /// set when the agent is PID 1 of a VM, whose / is the initramfs.
+    pub no_pivot: bool,
 }
 
 struct Container {
@@ -157,6 +161,7 @@ impl Containers {
             let (builder, io) = self.with_stdio(self.builder(id)?, &bundle, "init", terminal)?;
             let lc = builder
                 .as_init(&bundle)
+                .with_no_pivot(self.layout.no_pivot)
                 .with_systemd(false)
                 .with_detach(true)
                 .build()?;

@@ -100,6 +100,7 @@ fn run(o: Options, is_init: bool) -> anyhow::Result<()> {
         let layout = container::Layout {
             state_dir: o.state_dir.clone(),
             cgroup_parent: o.cgroup_parent.clone(),
+            no_pivot: is_init,
         };
         let containers = Arc::new(
             container::Containers::new(layout, reaper, oom_tx)

@@ -22,29 +22,25 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-/// The runtime name containerd knows the shim by.
-const RUNTIME_ID: &str = "io.containerd.carapace.v2";
-
 fn main() -> anyhow::Result<()> {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = containerd_shim::parse(&args[1..]).context("parsing the command line")?;
+    if flags.version {
+        println!("containerd-shim-carapace-v2 {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
     let path = config::Config::path();
-    let config = config::Config::load(&path).context("the carapace configuration")?;
-    let shim_config = containerd_shim::Config {
-        default_log_level: config.log_level.clone(),
-        // The shim's only child is the VMM, which tokio waits for itself; the crate's reaper
-        // would take its exit status away from tokio.
-        no_reaper: true,
-        no_sub_reaper: true,
-        ..Default::default()
-    };
-    let _ = shim::CONFIG.set(Arc::new(config));
+    let config = Arc::new(config::Config::load(&path).context("the carapace configuration")?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(containerd_shim::asynchronous::run::<shim::CarapaceShim>(
-        RUNTIME_ID,
-        Some(shim_config),
-    ));
+    match flags.action.as_str() {
+        "start" => rt.block_on(shim::start(&flags))?,
+        "delete" => shim::delete(&flags)?,
+        "" if !flags.socket.is_empty() => rt.block_on(shim::serve(&flags, config))?,
+        other => anyhow::bail!("unknown action {other:?} (start, delete, or serving with -socket)"),
+    }
     Ok(())
 }

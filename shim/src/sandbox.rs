@@ -176,6 +176,11 @@ impl Sandbox {
         self.vmm.exit_watch()
     }
 
+    /// The end of the guest's serial console, for error reports.
+    pub fn console_tail(&self) -> String {
+        tail(&self.dir.join("console.log"), 3000)
+    }
+
     /// Stops the VM (DestroySandbox, then signals) and removes every host-side trace.
     pub async fn teardown(&self) -> Result<()> {
         if self.stopping.swap(true, Ordering::SeqCst) {

@@ -296,6 +296,10 @@ impl Service {
             Ok(p) => p,
             Err(e) => {
                 if let Some(s) = booted {
+                    log::warn!(
+                        "create of {id} failed; guest console:\n{}",
+                        s.console_tail()
+                    );
                     if let Err(t) = s.teardown().await {
                         log::error!("tearing down after a failed create: {t}");
                     }

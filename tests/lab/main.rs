@@ -4,5 +4,6 @@
 mod containerd_runc;
 mod guest_boot;
 mod kvm;
+mod shim_ctr;
 mod vmm_boot;
 mod vmm_devices;

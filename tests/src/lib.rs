@@ -2,6 +2,7 @@
 //! kernels and images, booting VMs, and a private containerd for tests to drive with `ctr`.
 
 pub mod artifacts;
+pub mod carapace;
 pub mod containerd;
 pub mod lab;
 pub mod vm;
