@@ -1,5 +1,5 @@
-//! Reading a container's cgroup: statistics (through libcgroups, v2 in the guest and v1 or
-//! hybrid on a development host), OOM-kill counters, and the pod's network counters.
+//! Reading a container's cgroup: statistics (cgroup v2 files read directly in the guest,
+//! libcgroups on a v1 or hybrid development host), OOM-kill counters, and the pod's network counters.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +56,86 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 
 /// Statistics of the cgroup at `path`, plus the network counters of the pod.
 pub fn stats(path: &str, container: &str) -> Result<StatsContainerResponse> {
+    if is_unified() {
+        return stats_v2(&Path::new(CGROUP_ROOT).join(path.trim_start_matches('/')));
+    }
+    stats_libcgroups(path, container)
+}
+
+/// cgroup v2 statistics read from the cgroup's files directly. libcgroups' v2 `stats()`
+/// fails outright unless the kernel has PSI, hugetlb and swap accounting (it reads
+/// `*.pressure`, `hugetlb.*` and `memory.swap.*`), which the minimal guest kernel leaves
+/// out; a file the kernel does not provide counts as zero here.
+fn stats_v2(dir: &Path) -> Result<StatsContainerResponse> {
+    if !dir.is_dir() {
+        return Err(AgentError::NotFound(format!("cgroup {}", dir.display())));
+    }
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let single = |name: &str| -> u64 { read(name).trim().parse().unwrap_or(0) };
+    let mut r = StatsContainerResponse::new();
+
+    let cpu_stat = read("cpu.stat");
+    let k = |key| keyed(&cpu_stat, key).unwrap_or(0);
+    let mut cpu = CpuStats::new();
+    cpu.usage_usec = k("usage_usec");
+    cpu.user_usec = k("user_usec");
+    cpu.system_usec = k("system_usec");
+    cpu.nr_periods = k("nr_periods");
+    cpu.nr_throttled = k("nr_throttled");
+    cpu.throttled_usec = k("throttled_usec");
+    r.cpu = Some(cpu).into();
+
+    let mem_stat = read("memory.stat");
+    let events = read("memory.events");
+    let mut mem = MemoryStats::new();
+    mem.usage_bytes = single("memory.current");
+    mem.limit_bytes = single("memory.max"); // "max" parses to 0: unlimited
+    mem.max_usage_bytes = single("memory.peak");
+    mem.anon_bytes = keyed(&mem_stat, "anon").unwrap_or(0);
+    mem.file_bytes = keyed(&mem_stat, "file").unwrap_or(0);
+    mem.oom_events = keyed(&events, "oom").unwrap_or(0);
+    mem.oom_kill_events = keyed(&events, "oom_kill").unwrap_or(0);
+    r.memory = Some(mem).into();
+
+    let mut pids = PidsStats::new();
+    pids.current = single("pids.current");
+    pids.limit = single("pids.max");
+    r.pids = Some(pids).into();
+
+    r.io = io_stat(&read("io.stat"));
+    r.network = network_stats(&std::fs::read_to_string("/proc/net/dev").unwrap_or_default());
+    Ok(r)
+}
+
+/// Parses cgroup v2 `io.stat` lines: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...`.
+fn io_stat(text: &str) -> Vec<IoDeviceStats> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (major, minor) = it.next()?.split_once(':')?;
+            let mut d = IoDeviceStats::new();
+            d.major = major.parse().ok()?;
+            d.minor = minor.parse().ok()?;
+            for kv in it {
+                let Some((key, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match key {
+                    "rbytes" => d.read_bytes = v,
+                    "wbytes" => d.write_bytes = v,
+                    "rios" => d.read_ios = v,
+                    "wios" => d.write_ios = v,
+                    _ => {}
+                }
+            }
+            Some(d)
+        })
+        .collect()
+}
+
+/// Statistics through libcgroups (cgroup v1 or hybrid hosts).
+fn stats_libcgroups(path: &str, container: &str) -> Result<StatsContainerResponse> {
     let s = manager(path, container)?
         .stats()
         .map_err(|e| AgentError::Internal(format!("reading cgroup statistics: {e}")))?;
@@ -170,6 +250,28 @@ mod tests {
             (s[1].name.as_str(), s[1].rx_bytes, s[1].tx_dropped),
             ("eth0", 5, 12)
         );
+    }
+
+    #[test]
+    fn parses_io_stat() {
+        let d = io_stat("254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n");
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].major, d[0].minor), (254, 0));
+        assert_eq!(
+            (
+                d[0].read_bytes,
+                d[0].write_bytes,
+                d[0].read_ios,
+                d[0].write_ios
+            ),
+            (4096, 8192, 1, 2)
+        );
+    }
+
+    #[test]
+    fn v2_stats_of_a_missing_cgroup_is_not_found() {
+        let e = stats_v2(Path::new("/sys/fs/cgroup/carapace-no-such-cgroup")).unwrap_err();
+        assert!(matches!(e, AgentError::NotFound(_)), "{e}");
     }
 
     #[test]

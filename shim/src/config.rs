@@ -171,6 +171,30 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_the_defaults() {
+        let text = include_str!("../config.toml");
+        assert_eq!(
+            Config::parse(Path::new("c.toml"), text).unwrap(),
+            Config::default()
+        );
+        // Uncommented, every documented value is the default and every key is known.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix('#')
+                    .filter(|r| r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.matches(" = ").count() >= 9, "{uncommented}");
+        assert_eq!(
+            Config::parse(Path::new("c.toml"), &uncommented).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::parse(Path::new("c.toml"), "vcpu = 2\n").unwrap_err();
         assert!(e.to_string().contains("vcpu"), "{e}");

@@ -87,9 +87,12 @@ impl Sandbox {
         let mut vm = VmConfig {
             kernel: config.kernel.clone(),
             initramfs: config.initramfs.clone(),
-            cmdline: format!("console=ttyS0 reboot=k panic=1 {}", config.kernel_params)
-                .trim_end()
-                .to_string(),
+            cmdline: format!(
+                "console=ttyS0 quiet reboot=k panic=1 {}",
+                config.kernel_params
+            )
+            .trim_end()
+            .to_string(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             serial: Serial::File(dir.join("console.log")),

@@ -114,6 +114,25 @@ impl Deref for Carapace {
 impl Drop for Carapace {
     fn drop(&mut self) {
         drop(self.containerd.take());
+        // A failed test can leave VMMs of its pods behind (their shims were killed with
+        // containerd): end them and their state so later tests start clean.
+        for pid in processes_mentioning(&format!("{STATE_ROOT}/")) {
+            if processes_mentioning("carapace-vmm").contains(&pid) {
+                // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in mounts_under(Path::new(STATE_ROOT)) {
+            let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).expect("no NUL");
+            // SAFETY: umount2 with a NUL-terminated path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Ok(entries) = std::fs::read_dir(STATE_ROOT) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.config_dir);
     }
 }
