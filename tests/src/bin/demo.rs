@@ -81,7 +81,11 @@ fn main() {
         return;
     }
 
-    let say = ["sh", "-c", "echo hello from $(uname -n), kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpu(s)"];
+    let say = [
+        "sh",
+        "-c",
+        "echo hello from $(uname -n), kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus",
+    ];
     let (out, runc) = ctr_run(&c, None, "demo-runc", &say);
     print!("runc:     {out}");
     let (out, cara) = ctr_run(&c, Some(RUNTIME), "demo-carapace", &say);
