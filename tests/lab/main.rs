@@ -5,5 +5,7 @@ mod agent_vsock;
 mod containerd_runc;
 mod guest_boot;
 mod kvm;
+mod shim_ctr;
+mod shim_tasks;
 mod vmm_boot;
 mod vmm_devices;

@@ -68,6 +68,15 @@ pub fn vmm_binary() -> PathBuf {
     p
 }
 
+/// The directory holding the binaries cargo built for this test run (carapace-vmm,
+/// containerd-shim-carapace-v2): `CARAPACE_VMM`'s directory, else the test binary's target.
+pub fn bin_dir() -> PathBuf {
+    vmm_binary()
+        .parent()
+        .expect("a binary lives in a directory")
+        .to_path_buf()
+}
+
 /// The busybox OCI image tarball, named [`BUSYBOX_IMAGE`] once imported.
 pub fn busybox_image() -> PathBuf {
     from_env_or_script("CARAPACE_BUSYBOX_IMAGE", "images/build-busybox-image", &[])

@@ -19,6 +19,12 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd (Debian's, from PATH) and waits until it answers `ctr version`.
     pub fn start() -> Containerd {
+        Self::start_with_env(&[])
+    }
+
+    /// Like [`Containerd::start`], with extra environment variables for containerd and the
+    /// shims it starts (e.g. a PATH that finds a freshly built shim).
+    pub fn start_with_env(env: &[(&str, std::ffi::OsString)]) -> Containerd {
         let dir = make_temp_dir("carapace-containerd");
         let config = dir.join("config.toml");
         fs::write(
@@ -42,6 +48,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         .expect("write containerd config");
         let log = fs::File::create(dir.join("containerd.log")).expect("create containerd log");
         let child = Command::new("containerd")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
@@ -73,6 +80,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// containerd's gRPC socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
+    }
+
+    /// The private directory (config, state, logs) of this containerd.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// What containerd has logged so far.

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod carapace;
 pub mod containerd;
 pub mod lab;
 pub mod vm;

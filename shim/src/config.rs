@@ -1,0 +1,209 @@
+//! The shim's configuration file, `/etc/carapace/config.toml`: every key has a built-in
+//! default, a missing file means all defaults, and an unknown key is refused by name.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration file is read from unless `CARAPACE_CONFIG` names another.
+pub const DEFAULT_PATH: &str = "/etc/carapace/config.toml";
+/// The environment variable that overrides [`DEFAULT_PATH`] (tests use it).
+pub const PATH_ENV: &str = "CARAPACE_CONFIG";
+
+/// How the pod's rootfs directories reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Share {
+    /// The design: `/run/carapace/<sid>/shared` exported over virtio-fs (tag `carapace`) and
+    /// mounted by the agent at [`crate::spec::GUEST_SHARE`].
+    Virtiofs,
+    /// STOP-GAP until carapace-vmm has virtio-fs: the first container's rootfs is copied into
+    /// an ext4 image (`mkfs.ext4 -d`) given to the guest as virtio-blk. One container per
+    /// VM; writes stay inside the guest. Remove once virtio-fs lands.
+    BlockCopy,
+}
+
+/// The shim's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The VMM binary. Default: `carapace-vmm` (found on PATH).
+    pub vmm: PathBuf,
+    /// The guest kernel. Default: `/usr/local/share/carapace/vmlinux`.
+    pub kernel: PathBuf,
+    /// The guest initramfs (the agent as /init). Default:
+    /// `/usr/local/share/carapace/initramfs.img`.
+    pub initramfs: PathBuf,
+    /// vCPUs of each pod's VM. Default: 1.
+    pub vcpus: u8,
+    /// Memory of each pod's VM in MiB. Default: 256.
+    pub memory_mib: u64,
+    /// Extra kernel command line, appended to the VMM's default. Default: empty.
+    pub kernel_params: String,
+    /// The shim's log level (error, warn, info, debug, trace). Default: `info`.
+    pub log_level: String,
+    /// How long to wait for the agent to answer after the VMM starts, in seconds. Default: 30.
+    pub agent_timeout_secs: u64,
+    /// How rootfs directories reach the guest. Default: `virtiofs`.
+    pub share: Share,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            vmm: PathBuf::from("carapace-vmm"),
+            kernel: PathBuf::from("/usr/local/share/carapace/vmlinux"),
+            initramfs: PathBuf::from("/usr/local/share/carapace/initramfs.img"),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            log_level: "info".into(),
+            agent_timeout_secs: 30,
+            share: Share::Virtiofs,
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or names an unknown key (toml's message names it).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's description, with the key and line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: key `{key}`: {why}")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key at fault.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// The path to read: `$CARAPACE_CONFIG` or [`DEFAULT_PATH`].
+    pub fn path() -> PathBuf {
+        std::env::var_os(PATH_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and checks the text of a configuration file.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        let bad = |key, why: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key,
+            why,
+        };
+        if c.vcpus == 0 {
+            return Err(bad("vcpus", "must be at least 1".into()));
+        }
+        if c.memory_mib < 64 {
+            return Err(bad(
+                "memory_mib",
+                format!("{} MiB is too small (64 at least)", c.memory_mib),
+            ));
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&c.log_level.as_str()) {
+            return Err(bad(
+                "log_level",
+                format!("{:?} is not error, warn, info, debug or trace", c.log_level),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_means_defaults() {
+        let c = Config::load(Path::new("/nonexistent/carapace.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "vcpus = 2\nmemory_mib = 512\nkernel = \"/k\"\nshare = \"block-copy\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, 512);
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.share, Share::BlockCopy);
+        assert_eq!(c.initramfs, Config::default().initramfs);
+    }
+
+    #[test]
+    fn the_example_file_documents_the_defaults() {
+        let text = include_str!("../config.toml");
+        assert_eq!(
+            Config::parse(Path::new("c.toml"), text).unwrap(),
+            Config::default()
+        );
+        // Uncommented, every documented value is the default and every key is known.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix('#')
+                    .filter(|r| r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.matches(" = ").count() >= 9, "{uncommented}");
+        assert_eq!(
+            Config::parse(Path::new("c.toml"), &uncommented).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse(Path::new("c.toml"), "vcpu = 2\n").unwrap_err();
+        assert!(e.to_string().contains("vcpu"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for text in ["vcpus = 0", "memory_mib = 8", "log_level = \"loud\""] {
+            assert!(Config::parse(Path::new("c.toml"), text).is_err(), "{text}");
+        }
+    }
+}

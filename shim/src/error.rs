@@ -1,0 +1,138 @@
+//! The shim's error type and its mapping to ttrpc codes at the Task API's edge; errors the
+//! agent returned keep the agent's code.
+
+use ttrpc::Code;
+
+/// Why a Task request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The named container or process does not exist (or has already exited).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A container or exec with that id already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The request is malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The target is in the wrong state for the request.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The shim does not do this.
+    #[error("unimplemented: {0}")]
+    Unimplemented(String),
+    /// The agent answered with an error status.
+    #[error("the agent refused {what}: {message}")]
+    Agent {
+        /// The RPC.
+        what: &'static str,
+        /// The agent's code.
+        code: Code,
+        /// The agent's message.
+        message: String,
+    },
+    /// The agent could not be reached or the connection broke.
+    #[error("talking to the agent ({what}): {message}")]
+    AgentTransport {
+        /// The RPC.
+        what: &'static str,
+        /// The ttrpc error.
+        message: String,
+    },
+    /// A host-side operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else that went wrong inside the shim.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ShimError {
+    /// Wraps an I/O failure with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Classifies a failed agent RPC.
+    pub fn agent(what: &'static str, err: ttrpc::Error) -> Self {
+        match err {
+            ttrpc::Error::RpcStatus(s) => Self::Agent {
+                what,
+                code: s.code(),
+                message: s.message().to_string(),
+            },
+            other => Self::AgentTransport {
+                what,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// The ttrpc code containerd sees.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NotFound(_) => Code::NOT_FOUND,
+            Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Self::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Self::Agent { code, .. } => *code,
+            Self::AgentTransport { .. } => Code::UNAVAILABLE,
+            Self::Io { .. } | Self::Internal(_) => Code::INTERNAL,
+        }
+    }
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(err: ShimError) -> Self {
+        // The whole chain: `Io` keeps its cause in `source`.
+        let mut msg = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), msg))
+    }
+}
+
+/// Result of shim operations.
+pub type Result<T> = std::result::Result<T, ShimError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_codes_pass_through() {
+        let e = ShimError::agent(
+            "CreateContainer",
+            ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INVALID_ARGUMENT, "bad spec")),
+        );
+        assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+        let e = ShimError::agent("Check", ttrpc::Error::RemoteClosed);
+        assert_eq!(e.code(), Code::UNAVAILABLE);
+    }
+
+    #[test]
+    fn io_errors_keep_their_cause() {
+        let e = ShimError::io("mounting", std::io::Error::from_raw_os_error(libc::EPERM));
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => {
+                assert_eq!(s.code(), Code::INTERNAL);
+                assert!(s.message().contains("mounting: "), "{}", s.message());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The OCI spec containerd wrote, rewritten for the guest: the rootfs moved to its place in
+//! the pod's share, host namespace paths and the host cgroup path dropped, host bind-mount
+//! sources moved into the share; and the pod a container belongs to, from the CRI
+//! annotations. Pure functions, unit-tested.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use crate::error::{Result, ShimError};
+
+/// Where the agent mounts the pod's share inside the guest.
+pub const GUEST_SHARE: &str = "/run/carapace/shared";
+/// The CRI annotation saying whether a container is a pod's sandbox or one of its containers.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The CRI annotation naming the pod (sandbox) a container belongs to.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pod a container belongs to: its own (a sandbox or a lone `ctr run` container), or
+/// the one named by its CRI annotations.
+pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
+    let ann = spec.annotations().clone().unwrap_or_default();
+    match (ann.get(CONTAINER_TYPE), ann.get(SANDBOX_ID)) {
+        (Some(t), Some(sid)) if t == "container" && !sid.is_empty() => sid.clone(),
+        _ => container_id.to_string(),
+    }
+}
+
+/// A container's directory inside the share, relative to the share's root.
+pub fn container_dir(container_id: &str) -> PathBuf {
+    PathBuf::from(container_id)
+}
+
+/// The container's rootfs as the guest sees it.
+pub fn guest_rootfs(container_id: &str) -> PathBuf {
+    Path::new(GUEST_SHARE)
+        .join(container_dir(container_id))
+        .join("rootfs")
+}
+
+/// A host path to bind into the share before the container is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    /// The host source.
+    pub source: PathBuf,
+    /// Its place relative to the share's root.
+    pub share_path: PathBuf,
+    /// Whether the source is a directory (else a file).
+    pub is_dir: bool,
+}
+
+/// Rewrites `spec` for the guest and lists the host paths to bind into the share. With
+/// `binds_allowed` false (no share to carry them), a host bind mount is refused.
+pub fn for_guest(
+    spec: &mut Spec,
+    container_id: &str,
+    binds_allowed: bool,
+) -> Result<Vec<HostBind>> {
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(guest_rootfs(container_id));
+    spec.set_root(Some(root));
+
+    if let Some(mut linux) = spec.linux().clone() {
+        if let Some(ns) = linux.namespaces().clone() {
+            // A path names a host namespace (the CRI's netns, a pod's ipc): meaningless in
+            // the guest, where the agent shares the pod's namespaces itself.
+            let kept = ns.into_iter().filter(|n| n.path().is_none()).collect();
+            linux.set_namespaces(Some(kept));
+        }
+        linux.set_cgroups_path(None);
+        spec.set_linux(Some(linux));
+    }
+
+    let mut binds = Vec::new();
+    if let Some(mut mounts) = spec.mounts().clone() {
+        for (i, m) in mounts.iter_mut().enumerate() {
+            let is_bind = m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+            let Some(source) = m.source().clone() else {
+                continue;
+            };
+            if !is_bind || !source.is_absolute() {
+                continue;
+            }
+            if !binds_allowed {
+                return Err(ShimError::InvalidArgument(format!(
+                    "the bind mount of {} needs the virtio-fs share (share = \"virtiofs\")",
+                    source.display()
+                )));
+            }
+            let share_path = container_dir(container_id)
+                .join("mounts")
+                .join(i.to_string());
+            binds.push(HostBind {
+                is_dir: source.is_dir(),
+                source,
+                share_path: share_path.clone(),
+            });
+            m.set_source(Some(Path::new(GUEST_SHARE).join(share_path)));
+        }
+        spec.set_mounts(Some(mounts));
+    }
+    Ok(binds)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder};
+
+    use super::*;
+
+    #[test]
+    fn pod_from_annotations() {
+        let mut spec = Spec::default();
+        assert_eq!(sandbox_id(&spec, "c1"), "c1");
+        spec.set_annotations(Some(HashMap::from([
+            (CONTAINER_TYPE.to_string(), "container".to_string()),
+            (SANDBOX_ID.to_string(), "pod1".to_string()),
+        ])));
+        assert_eq!(sandbox_id(&spec, "c1"), "pod1");
+        spec.set_annotations(Some(HashMap::from([
+            (CONTAINER_TYPE.to_string(), "sandbox".to_string()),
+            (SANDBOX_ID.to_string(), "pod1".to_string()),
+        ])));
+        assert_eq!(sandbox_id(&spec, "pod1"), "pod1");
+    }
+
+    #[test]
+    fn rootfs_namespaces_cgroup_and_binds_are_rewritten() {
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap();
+        let mut ns = linux.namespaces().clone().unwrap();
+        ns.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path("/var/run/netns/x")
+                .build()
+                .unwrap(),
+        );
+        let before = ns.len();
+        linux.set_namespaces(Some(ns));
+        linux.set_cgroups_path(Some("/k8s/pod".into()));
+        spec.set_linux(Some(linux));
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/data")
+                .typ("bind")
+                .source("/tmp")
+                .options(vec!["rbind".to_string(), "rw".to_string()])
+                .build()
+                .unwrap(),
+        );
+        let n = mounts.len();
+        spec.set_mounts(Some(mounts));
+
+        let binds = for_guest(&mut spec, "c1", true).unwrap();
+        assert_eq!(
+            spec.root().as_ref().unwrap().path(),
+            Path::new("/run/carapace/shared/c1/rootfs")
+        );
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.namespaces().as_ref().unwrap().len(), before - 1);
+        assert!(linux.cgroups_path().is_none());
+        assert_eq!(
+            binds,
+            vec![HostBind {
+                source: "/tmp".into(),
+                share_path: PathBuf::from(format!("c1/mounts/{}", n - 1)),
+                is_dir: true,
+            }]
+        );
+        let m = &spec.mounts().as_ref().unwrap()[n - 1];
+        assert_eq!(
+            m.source().as_deref(),
+            Some(Path::new(&format!(
+                "/run/carapace/shared/c1/mounts/{}",
+                n - 1
+            )))
+        );
+
+        let mut spec2 = spec.clone();
+        let mut mounts = spec2.mounts().clone().unwrap();
+        mounts[n - 1].set_source(Some("/tmp".into()));
+        spec2.set_mounts(Some(mounts));
+        assert!(for_guest(&mut spec2, "c1", false).is_err());
+    }
+}

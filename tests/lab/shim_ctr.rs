@@ -1,0 +1,71 @@
+//! containerd runs containers in carapace microVMs through containerd-shim-carapace-v2:
+//! `ctr run --rm --runtime io.containerd.carapace.v2` output, exit codes, a terminal
+//! (`ctr run -t`), and nothing left on the host afterwards (no VMM, no shim, no state directory, no mount).
+
+use std::time::{Duration, Instant};
+
+use carapace_tests::artifacts::{busybox_image, BUSYBOX_IMAGE};
+use carapace_tests::carapace::{Carapace, RUNTIME};
+use carapace_tests::containerd::{Containerd, NAMESPACE};
+use carapace_tests::lab::ms;
+use carapace_tests::lab_test;
+
+fn run(c: &Containerd, id: &str, cmd: &[&str]) -> (std::process::Output, Duration) {
+    let start = Instant::now();
+    let args = ["run", "--rm", "--runtime", RUNTIME, BUSYBOX_IMAGE, id];
+    let out = c.ctr_output(args.iter().chain(cmd));
+    (out, start.elapsed())
+}
+
+fn explain(c: &Containerd, out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}\n--- containerd log ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    )
+}
+
+lab_test! {
+    fn ctr_run_rm_in_a_microvm() {
+        let c = Carapace::start();
+        c.import(&busybox_image());
+
+        let (out, first) = run(&c, "t1", &["echo", "hi"]);
+        assert!(out.status.success(), "ctr run failed: {}", explain(&c, &out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "hi", "{}", explain(&c, &out));
+
+        let (out, second) = run(&c, "t2", &["sh", "-c", "echo to-stderr >&2; exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "the exit status reaches ctr: {}", explain(&c, &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{}", explain(&c, &out));
+
+        // The container runs in a VM of its own: it sees the VM's one vCPU (the lab has two).
+        let (out, _) = run(&c, "t3", &["grep", "-c", "^processor", "/proc/cpuinfo"]);
+        assert!(out.status.success(), "{}", explain(&c, &out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", explain(&c, &out));
+
+        // A terminal (`ctr run -t`, given one by script(1)): the process sees a tty, and its
+        // exit status still comes back.
+        let ctr = format!(
+            "ctr --address {} --namespace {NAMESPACE} run -t --rm --runtime {RUNTIME} {BUSYBOX_IMAGE} tty1 sh -c 'test -t 0 && echo is-a-tty; exit 4'",
+            c.socket().display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &ctr, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script");
+        assert_eq!(out.status.code(), Some(4), "{}", explain(&c, &out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("is-a-tty"), "{}", explain(&c, &out));
+
+        let tasks = c.ctr_output(["tasks", "list", "-q"]);
+        assert!(String::from_utf8_lossy(&tasks.stdout).trim().is_empty(), "--rm left tasks behind");
+        let left = c.leftovers();
+        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        if std::env::var_os("CARAPACE_SHOW_LOG").is_some() {
+            println!("{}", c.log());
+        }
+        println!("lab figure: ctr run --rm (carapace) first {:.0} ms, second {:.0} ms", ms(first), ms(second));
+    }
+}

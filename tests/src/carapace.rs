@@ -1,0 +1,138 @@
+//! containerd set up to run containers with carapace: a private containerd whose PATH finds
+//! the freshly built `containerd-shim-carapace-v2`, and a shim configuration file (through
+//! `CARAPACE_CONFIG`) naming the built VMM, guest kernel and initramfs.
+
+use std::ffi::OsString;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::artifacts;
+use crate::containerd::{make_temp_dir, mounts_under, processes_mentioning, Containerd};
+
+/// The runtime name `ctr run --runtime` takes.
+pub const RUNTIME: &str = "io.containerd.carapace.v2";
+/// Where the shim keeps each pod's state.
+pub const STATE_ROOT: &str = "/run/carapace";
+
+/// How the shim shares rootfs directories with the guest in tests: `CARAPACE_SHARE` if set,
+/// else `block-copy`, the shim's stop-gap until carapace-vmm has virtio-fs. Set
+/// `CARAPACE_SHARE=virtiofs` (and make it the default here) once virtio-fs has landed.
+pub fn share() -> String {
+    std::env::var("CARAPACE_SHARE").unwrap_or_else(|_| "block-copy".into())
+}
+
+/// A private containerd with the carapace shim available.
+pub struct Carapace {
+    containerd: Option<Containerd>,
+    config_dir: PathBuf,
+}
+
+impl Carapace {
+    /// Writes the shim's configuration and starts containerd.
+    pub fn start() -> Carapace {
+        Self::start_with_config("")
+    }
+
+    /// Like [`Carapace::start`], with `extra` TOML lines appended to the shim configuration.
+    pub fn start_with_config(extra: &str) -> Carapace {
+        let config_dir = make_temp_dir("carapace-shim-config");
+        let config = config_dir.join("config.toml");
+        let text = format!(
+            "vmm = {:?}\nkernel = {:?}\ninitramfs = {:?}\nvcpus = 1\nmemory_mib = 256\nlog_level = \"debug\"\nshare = {:?}\n{extra}",
+            artifacts::vmm_binary(),
+            artifacts::guest_kernel(),
+            artifacts::initramfs(),
+            share(),
+        );
+        std::fs::write(&config, text).expect("write the shim config");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![artifacts::bin_dir()];
+        dirs.extend(std::env::split_paths(&path));
+        let path = std::env::join_paths(dirs).expect("PATH entries have no ':'");
+        let containerd = Containerd::start_with_env(&[
+            ("PATH", path),
+            ("CARAPACE_CONFIG", OsString::from(&config)),
+        ]);
+        Carapace {
+            containerd: Some(containerd),
+            config_dir,
+        }
+    }
+
+    /// What carapace left on the host while containerd still runs: VMM processes, shims of
+    /// this containerd, state directories and mounts under [`STATE_ROOT`]. Polls up to 10 s
+    /// (a shim exits shortly after its Shutdown); empty when nothing leaked.
+    pub fn leftovers(&self) -> Vec<String> {
+        let socket = self.socket().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        let clean = crate::lab::wait_for(Duration::from_secs(10), || {
+            found = leftovers_now(&socket);
+            found.is_empty().then_some(())
+        });
+        if clean.is_some() {
+            Vec::new()
+        } else {
+            found
+        }
+    }
+}
+
+fn leftovers_now(containerd_socket: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for pid in processes_mentioning("carapace-vmm") {
+        if pid != std::process::id() {
+            found.push(format!("carapace-vmm process {pid}"));
+        }
+    }
+    for pid in processes_mentioning("containerd-shim-carapace-v2") {
+        if processes_mentioning(containerd_socket).contains(&pid) {
+            found.push(format!("shim process {pid}"));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(STATE_ROOT) {
+        for e in entries.flatten() {
+            found.push(format!("state directory {}", e.path().display()));
+        }
+    }
+    for m in mounts_under(Path::new(STATE_ROOT)) {
+        found.push(format!("mount {}", m.display()));
+    }
+    found
+}
+
+impl Deref for Carapace {
+    type Target = Containerd;
+
+    fn deref(&self) -> &Containerd {
+        self.containerd
+            .as_ref()
+            .expect("containerd runs until stopped")
+    }
+}
+
+impl Drop for Carapace {
+    fn drop(&mut self) {
+        drop(self.containerd.take());
+        // A failed test can leave VMMs of its pods behind (their shims were killed with
+        // containerd): end them and their state so later tests start clean.
+        for pid in processes_mentioning(&format!("{STATE_ROOT}/")) {
+            if processes_mentioning("carapace-vmm").contains(&pid) {
+                // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in mounts_under(Path::new(STATE_ROOT)) {
+            let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).expect("no NUL");
+            // SAFETY: umount2 with a NUL-terminated path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Ok(entries) = std::fs::read_dir(STATE_ROOT) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.config_dir);
+    }
+}
