@@ -6,3 +6,4 @@ mod guest_boot;
 mod kvm;
 mod vmm_boot;
 mod vmm_devices;
+mod vmm_fs;
