@@ -1,5 +1,5 @@
-//! Reading a container's cgroup: statistics (through libcgroups, v2 in the guest and v1 or
-//! hybrid on a development host), OOM-kill counters, and the pod's network counters.
+//! Reading a container's cgroup: statistics (cgroup v2 files read directly in the guest; v1 or
+//! hybrid hosts through libcgroups), OOM-kill counters, and the pod's network counters.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +56,89 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 
 /// Statistics of the cgroup at `path`, plus the network counters of the pod.
 pub fn stats(path: &str, container: &str) -> Result<StatsContainerResponse> {
+    let mut r = if is_unified() {
+        let dir = Path::new(CGROUP_ROOT).join(path.trim_start_matches('/'));
+        if !dir.is_dir() {
+            return Err(AgentError::Internal(format!(
+                "the cgroup {} does not exist",
+                dir.display()
+            )));
+        }
+        stats_v2(&dir)
+    } else {
+        stats_libcgroups(path, container)?
+    };
+    r.network = network_stats(&std::fs::read_to_string("/proc/net/dev").unwrap_or_default());
+    Ok(r)
+}
+
+/// Statistics from a cgroup v2 directory's own files. libcgroups' v2 stats fail as a whole
+/// when one optional file is missing (cpu.pressure without CONFIG_PSI), so the agent reads the
+/// files itself; a controller that is not enabled reads as zeros.
+pub fn stats_v2(dir: &Path) -> StatsContainerResponse {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let num = |f: &str| read(f).trim().parse::<u64>().unwrap_or(0);
+    let mut r = StatsContainerResponse::new();
+
+    let cpu_stat = read("cpu.stat");
+    let k = |key: &str| keyed(&cpu_stat, key).unwrap_or(0);
+    let mut cpu = CpuStats::new();
+    (cpu.usage_usec, cpu.user_usec, cpu.system_usec) =
+        (k("usage_usec"), k("user_usec"), k("system_usec"));
+    (cpu.nr_periods, cpu.nr_throttled, cpu.throttled_usec) =
+        (k("nr_periods"), k("nr_throttled"), k("throttled_usec"));
+    r.cpu = Some(cpu).into();
+
+    let mem_stat = read("memory.stat");
+    let events = read("memory.events");
+    let mut mem = MemoryStats::new();
+    mem.usage_bytes = num("memory.current");
+    mem.limit_bytes = num("memory.max"); // "max" (no limit) parses as 0
+    mem.max_usage_bytes = num("memory.peak");
+    mem.anon_bytes = keyed(&mem_stat, "anon").unwrap_or(0);
+    mem.file_bytes = keyed(&mem_stat, "file").unwrap_or(0);
+    mem.oom_events = keyed(&events, "oom").unwrap_or(0);
+    mem.oom_kill_events = keyed(&events, "oom_kill").unwrap_or(0);
+    r.memory = Some(mem).into();
+
+    let mut pids = PidsStats::new();
+    pids.current = num("pids.current");
+    pids.limit = num("pids.max");
+    r.pids = Some(pids).into();
+
+    r.io = io_stat(&read("io.stat"));
+    r
+}
+
+/// Parses cgroup v2 io.stat: `MAJ:MIN rbytes=N wbytes=N rios=N wios=N ...` per device.
+fn io_stat(text: &str) -> Vec<IoDeviceStats> {
+    text.lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let (major, minor) = it.next()?.split_once(':')?;
+            let mut d = IoDeviceStats::new();
+            d.major = major.parse().ok()?;
+            d.minor = minor.parse().ok()?;
+            for kv in it {
+                let Some((key, value)) = kv.split_once('=') else {
+                    continue;
+                };
+                let value = value.parse().unwrap_or(0);
+                match key {
+                    "rbytes" => d.read_bytes = value,
+                    "wbytes" => d.write_bytes = value,
+                    "rios" => d.read_ios = value,
+                    "wios" => d.write_ios = value,
+                    _ => {}
+                }
+            }
+            Some(d)
+        })
+        .collect()
+}
+
+/// Statistics through libcgroups (cgroup v1 or hybrid hosts, for host tests).
+fn stats_libcgroups(path: &str, container: &str) -> Result<StatsContainerResponse> {
     let s = manager(path, container)?
         .stats()
         .map_err(|e| AgentError::Internal(format!("reading cgroup statistics: {e}")))?;
@@ -131,7 +214,6 @@ pub fn stats(path: &str, container: &str) -> Result<StatsContainerResponse> {
         }
     }
     r.io = io;
-    r.network = network_stats(&std::fs::read_to_string("/proc/net/dev").unwrap_or_default());
     Ok(r)
 }
 
@@ -169,6 +251,50 @@ mod tests {
         assert_eq!(
             (s[1].name.as_str(), s[1].rx_bytes, s[1].tx_dropped),
             ("eth0", 5, 12)
+        );
+    }
+
+    #[test]
+    fn reads_a_cgroup_v2_directory() {
+        let dir = std::env::temp_dir().join(format!("carapace-cgroup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, text) in [
+            ("cpu.stat", "usage_usec 500\nuser_usec 300\nsystem_usec 200\nnr_periods 4\nnr_throttled 1\nthrottled_usec 9\n"),
+            ("memory.current", "4096\n"),
+            ("memory.max", "max\n"),
+            ("memory.stat", "anon 1024\nfile 2048\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n"),
+            ("pids.current", "3\n"),
+            ("pids.max", "16\n"),
+            ("io.stat", "254:0 rbytes=8192 wbytes=4096 rios=2 wios=1 dbytes=0 dios=0\n"),
+        ] {
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+        let s = stats_v2(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (cpu, mem, pids) = (s.cpu.unwrap(), s.memory.unwrap(), s.pids.unwrap());
+        assert_eq!(
+            (cpu.usage_usec, cpu.user_usec, cpu.nr_throttled),
+            (500, 300, 1)
+        );
+        assert_eq!(
+            (mem.usage_bytes, mem.limit_bytes, mem.max_usage_bytes),
+            (4096, 0, 0)
+        );
+        assert_eq!(
+            (mem.anon_bytes, mem.file_bytes, mem.oom_kill_events),
+            (1024, 2048, 1)
+        );
+        assert_eq!((pids.current, pids.limit), (3, 16));
+        assert_eq!(s.io.len(), 1);
+        assert_eq!(
+            (
+                s.io[0].major,
+                s.io[0].minor,
+                s.io[0].read_bytes,
+                s.io[0].write_ios
+            ),
+            (254, 0, 8192, 1)
         );
     }
 

@@ -17,6 +17,9 @@ pub enum AgentError {
     /// The target is in the wrong state for the request (e.g. starting a started container).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The kernel refused the request for lack of privilege.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The agent does not implement the request.
     #[error("unimplemented: {0}")]
     Unimplemented(String),
@@ -33,6 +36,7 @@ impl AgentError {
             Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Self::PermissionDenied(_) => Code::PERMISSION_DENIED,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
             Self::Internal(_) => Code::INTERNAL,
         }

@@ -13,6 +13,8 @@ mod cgroup;
 mod container;
 mod error;
 mod init;
+mod initramfs;
+mod network;
 mod process;
 mod reaper;
 mod sandbox;
@@ -66,8 +68,17 @@ fn parse_args(is_init: bool) -> anyhow::Result<Options> {
 }
 
 fn main() {
+    let mut started = initramfs::monotonic_ns();
     let is_init = std::process::id() == 1;
     if is_init {
+        if initramfs::on_initial_rootfs() {
+            // Returns only on failure; containers cannot start then, but the agent still
+            // serves (health, guest details) so the shim can report why.
+            if let Err(e) = initramfs::leave(started) {
+                eprintln!("carapace-agent: cannot leave the initramfs: {e:#}");
+            }
+        }
+        started = initramfs::forget_marker().unwrap_or(started);
         init::print_marker();
         if let Err(e) = init::setup() {
             eprintln!("carapace-agent: fatal: {e:#}");
@@ -79,7 +90,7 @@ fn main() {
         .with_ansi(false)
         .with_max_level(tracing::Level::INFO)
         .init();
-    let result = parse_args(is_init).and_then(|o| run(o, is_init));
+    let result = parse_args(is_init).and_then(|o| run(o, is_init, started));
     if let Err(e) = result {
         eprintln!("carapace-agent: fatal: {e:#}");
         if is_init {
@@ -89,7 +100,7 @@ fn main() {
     }
 }
 
-fn run(o: Options, is_init: bool) -> anyhow::Result<()> {
+fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -113,8 +124,16 @@ fn run(o: Options, is_init: bool) -> anyhow::Result<()> {
                 watched.poll_oom();
             }
         });
+        let net = network::Netlink::connect().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if is_init {
+            // Containers share the pod's network namespace, whose loopback starts down.
+            if let Err(e) = net.link_up("lo").await {
+                tracing::warn!("bringing lo up: {e}");
+            }
+        }
         let agent = service::Agent {
             containers,
+            net,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
             is_init,
         };
@@ -127,7 +146,13 @@ fn run(o: Options, is_init: bool) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", o.listen))?
             .register_service(services);
         server.start().await.context("starting the ttrpc server")?;
-        tracing::info!(listen = o.listen, "serving");
+        // The figure "agent start to serving": from exec (as PID 1: the kernel starting /init).
+        let ready_ms = initramfs::monotonic_ns().saturating_sub(started) as f64 / 1e6;
+        tracing::info!(
+            listen = o.listen,
+            ready_ms = format!("{ready_ms:.1}"),
+            "serving"
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         term.recv().await;
         tracing::info!("SIGTERM: stopping");

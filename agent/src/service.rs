@@ -1,5 +1,5 @@
 //! The ttrpc `AgentService`: every handler has the same shape (trace, validate, do, map the
-//! error to its ttrpc code) and delegates to `container`, `sandbox` and `cgroup`.
+//! error to its ttrpc code) and delegates to `container`, `sandbox`, `cgroup` and `network`.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::container::Containers;
 use crate::error::AgentError;
+use crate::network::{self, Netlink};
 use crate::process::{self, Process};
 
 type TResult<T> = ttrpc::Result<T>;
@@ -23,6 +24,8 @@ pub struct Agent {
     pub containers: Arc<Containers>,
     /// OOM kills, by container id, in the order they happened.
     pub oom_rx: Mutex<mpsc::UnboundedReceiver<String>>,
+    /// The rtnetlink connection that configures the pod's network.
+    pub net: Netlink,
     /// True when the agent is PID 1 of a VM (DestroySandbox then ends the VM).
     pub is_init: bool,
 }
@@ -113,36 +116,42 @@ impl AgentService for Agent {
     async fn update_interface(
         &self,
         _: &TtrpcContext,
-        _: UpdateInterfaceRequest,
+        req: UpdateInterfaceRequest,
     ) -> TResult<Interface> {
-        done(
-            "UpdateInterface",
-            Err(AgentError::Unimplemented(
-                "UpdateInterface (netlink configuration) is not implemented yet".into(),
-            )),
-        )
+        let i = req.interface.into_option().unwrap_or_default();
+        tracing::info!(name = i.name, hw_addr = i.hw_addr, "UpdateInterface");
+        let r = async {
+            let plan = network::InterfacePlan::from_request(&i)?;
+            self.net.update_interface(&plan).await
+        };
+        done("UpdateInterface", r.await)
     }
 
-    async fn update_routes(&self, _: &TtrpcContext, _: UpdateRoutesRequest) -> TResult<Routes> {
-        done(
-            "UpdateRoutes",
-            Err(AgentError::Unimplemented(
-                "UpdateRoutes (netlink configuration) is not implemented yet".into(),
-            )),
-        )
+    async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> TResult<Routes> {
+        tracing::info!(routes = req.routes.len(), "UpdateRoutes");
+        let r = async {
+            let plans = network::plan_routes(&req.routes)?;
+            self.net.update_routes(&plans).await
+        };
+        let routes = done("UpdateRoutes", r.await)?;
+        Ok(Routes {
+            routes,
+            ..Default::default()
+        })
     }
 
     async fn add_arp_neighbors(
         &self,
         _: &TtrpcContext,
-        _: AddArpNeighborsRequest,
+        req: AddArpNeighborsRequest,
     ) -> TResult<Empty> {
-        done(
-            "AddArpNeighbors",
-            Err(AgentError::Unimplemented(
-                "AddArpNeighbors (netlink configuration) is not implemented yet".into(),
-            )),
-        )
+        tracing::info!(neighbors = req.neighbors.len(), "AddArpNeighbors");
+        let r = async {
+            let plans = network::plan_neighbors(&req.neighbors)?;
+            self.net.add_neighbors(&plans).await
+        };
+        done("AddArpNeighbors", r.await)?;
+        Ok(Empty::new())
     }
 
     async fn create_container(

@@ -422,10 +422,11 @@ async fn errors_have_precise_codes_and_the_agent_keeps_serving() {
         code(a.exec("c1", "e1", &["true"]).await),
         Code::FAILED_PRECONDITION
     );
+    // An interface named by neither MAC nor name.
     let upd = carapace_protocol::agent::UpdateInterfaceRequest::new();
     assert_eq!(
         code(a.client.update_interface(ctx(), &upd).await),
-        Code::UNIMPLEMENTED
+        Code::INVALID_ARGUMENT
     );
     let r = a.client.check(ctx(), &CheckRequest::new()).await.unwrap();
     assert!(r.serving);

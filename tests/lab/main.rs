@@ -1,6 +1,7 @@
 //! Tests that need a real KVM: each runs inside the lab (see tests/lab/run and LAB.md).
 //! One file per feature.
 
+mod agent_vsock;
 mod containerd_runc;
 mod guest_boot;
 mod kvm;

@@ -1,6 +1,7 @@
 //! Shared pieces of carapace's end-to-end tests: entering the KVM lab, finding the built
 //! kernels and images, booting VMs, and a private containerd for tests to drive with `ctr`.
 
+pub mod agent;
 pub mod artifacts;
 pub mod containerd;
 pub mod lab;

@@ -143,6 +143,15 @@ impl Console {
         }
     }
 
+    /// Everything printed so far, including lines no wait has read yet.
+    pub fn drain(&mut self) -> &str {
+        while let Ok(line) = self.lines.try_recv() {
+            self.text.push_str(&line);
+            self.text.push('\n');
+        }
+        &self.text
+    }
+
     /// The VM process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1,0 +1,100 @@
+//! Talking to a booted guest's agent from tests: the hybrid-vsock handshake with carapace-vmm
+//! (`CONNECT <port>` on its Unix socket) and an ext4 disk image holding a busybox rootfs for
+//! containers to run from.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use carapace_protocol::agent_ttrpc::AgentServiceClient;
+
+/// The vsock port the agent serves ttrpc on.
+pub const AGENT_PORT: u32 = 1024;
+
+/// Connects to `port` in the guest through carapace-vmm's hybrid vsock socket, retrying until
+/// the guest listens or `timeout` passes. Returns the connected stream after `OK <port>`.
+pub fn vsock_connect(socket: &Path, port: u32, timeout: Duration) -> std::io::Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match try_connect(socket, port) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn try_connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    // Byte by byte: whatever follows the newline belongs to the connection.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("vsock: closed after {:?}", String::from_utf8_lossy(&line)),
+            ));
+        }
+        line.push(b[0]);
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(std::io::Error::other(format!(
+            "vsock: answer {:?}",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+/// A ttrpc client of the agent over an already connected stream (call inside a tokio runtime).
+pub fn agent_client(stream: UnixStream) -> AgentServiceClient {
+    stream.set_nonblocking(true).expect("non-blocking socket");
+    let socket = ttrpc::r#async::transport::Socket::try_from(stream).expect("ttrpc socket");
+    AgentServiceClient::new(ttrpc::r#async::Client::new(socket))
+}
+
+/// Writes a busybox rootfs (static /bin/busybox, applet links, passwd and group) into `root`.
+pub fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// An ext4 disk image of `size_mib` holding a busybox rootfs (mkfs.ext4 -d), in `dir`.
+pub fn busybox_disk(dir: &Path, size_mib: u32) -> PathBuf {
+    let root = dir.join("rootfs");
+    busybox_rootfs(&root);
+    let img = dir.join("rootfs.ext4");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .expect("running mkfs.ext4 (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "mkfs.ext4 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    img
+}
