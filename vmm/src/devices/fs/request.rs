@@ -9,13 +9,13 @@
 use std::io;
 use std::mem::size_of;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OpenIn, OutHeader};
-use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, OpenIn, OutHeader};
+use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE, MAX_REQ_PAGES};
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use fuse_virtio_queue::desc::split::Descriptor;
 use fuse_virtio_queue::DescriptorChain;
-use fuse_vm_memory::GuestMemory as _;
+use fuse_vm_memory::{Bytes as _, GuestMemory as _};
 
 use super::memory::AliasMemory;
 use super::MAX_DESCRIPTORS;
@@ -40,6 +40,7 @@ const FUSE_OPEN: u32 = 14;
 const FUSE_WRITE: u32 = 16;
 const FUSE_SETXATTR: u32 = 21;
 const FUSE_REMOVEXATTR: u32 = 24;
+const FUSE_INIT: u32 = 26;
 const FUSE_CREATE: u32 = 35;
 const FUSE_INTERRUPT: u32 = 36;
 const FUSE_BATCH_FORGET: u32 = 42;
@@ -84,6 +85,17 @@ fn modifies(opcode: u32) -> bool {
             | FUSE_TMPFILE
     )
 }
+
+// FUSE_INIT flags (include/uapi/linux/fuse.h) this device adds to the server's answer.
+const FUSE_BIG_WRITES: u32 = 1 << 5;
+const FUSE_MAX_PAGES: u32 = 1 << 22;
+
+/// Largest read or write the guest is told to send: what the server accepts in one request
+/// (1 MiB, 256 pages). The driver also caps requests at the queue size (no indirect
+/// descriptors), which [`super::QUEUE_SIZE`] leaves room for.
+const MAX_IO_PAGES: u16 = MAX_REQ_PAGES;
+const _: () = assert!(MAX_IO_PAGES as u32 * 4096 <= MAX_BUFFER_SIZE);
+const _: () = assert!(MAX_IO_PAGES as usize + 4 <= super::QUEUE_SIZE as usize);
 
 /// The only xattr namespace the guest may set or remove.
 const WRITABLE_XATTR_PREFIX: &[u8] = b"user.";
@@ -230,6 +242,7 @@ pub fn serve(
             outcome: Outcome::Denied(errno),
         };
     }
+    let init_flags = (opcode == FUSE_INIT).then(|| init_flags(&reader)).flatten();
     let writer = match VirtioFsWriter::new(mem, chain.clone()) {
         Ok(w) => Writer::from(w),
         Err(e) => {
@@ -243,10 +256,15 @@ pub fn serve(
         }
     };
     match server.handle_message(reader, writer, None, None) {
-        Ok(n) => Done {
-            used_len: u32::try_from(n).unwrap_or(u32::MAX),
-            outcome: Outcome::Served,
-        },
+        Ok(n) => {
+            if let Some(offered) = init_flags {
+                widen_init_reply(mem, &chain, n, offered);
+            }
+            Done {
+                used_len: u32::try_from(n).unwrap_or(u32::MAX),
+                outcome: Outcome::Served,
+            }
+        }
         Err(e) => {
             let used_len = if no_reply(opcode) {
                 0
@@ -308,6 +326,65 @@ fn denied(
         None
     } else {
         Some(libc::EPERM)
+    }
+}
+
+/// The flags of a FUSE_INIT request (`reader` is positioned at the header; read from a copy).
+fn init_flags(reader: &Reader<'_, ()>) -> Option<u32> {
+    let mut body = reader.clone();
+    body.read_obj::<InHeader>().ok()?;
+    body.read_obj::<InitIn>().ok().map(|i| i.flags)
+}
+
+/// Lets the guest send reads and writes of up to 1 MiB. fuse-backend-rs's passthrough file
+/// system never asks for FUSE_BIG_WRITES or FUSE_MAX_PAGES at INIT, so its server answers
+/// `max_write` 4096 and the guest splits every write into 4 KiB requests (and every read into
+/// 128 KiB ones): 25,600 round trips for 100 MiB, minutes under emulation. The server itself
+/// accepts requests up to 1 MiB, so its successful INIT reply (`len` bytes in the chain's
+/// writable buffers) is amended here, with only the flags the guest `offered`.
+fn widen_init_reply(
+    mem: &AliasMemory,
+    chain: &DescriptorChain<&AliasMemory>,
+    len: usize,
+    offered: u32,
+) {
+    // struct fuse_init_out after the reply header: flags at 12, max_write at 20,
+    // max_pages at 28 (a 7.23+ reply is at least 64 bytes; older ones carry no max_pages).
+    const FLAGS: usize = OUT_HEADER_LEN + 12;
+    const MAX_WRITE: usize = OUT_HEADER_LEN + 20;
+    const MAX_PAGES: usize = OUT_HEADER_LEN + 28;
+    if len < MAX_PAGES + 2 || offered & FUSE_MAX_PAGES == 0 {
+        return;
+    }
+    let mut reply = vec![0u8; MAX_PAGES + 2];
+    let mut spans = Vec::new();
+    let mut at = 0;
+    for d in chain.clone().writable() {
+        if at == reply.len() {
+            break;
+        }
+        let n = (d.len() as usize).min(reply.len() - at);
+        if mem.read_slice(&mut reply[at..at + n], d.addr()).is_err() {
+            return;
+        }
+        spans.push((d.addr(), at, n));
+        at += n;
+    }
+    if at < reply.len() || reply[4..8] != [0; 4] {
+        // Short (cannot happen after a full reply) or an error reply: leave it.
+        return;
+    }
+    let word = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let flags = word(&reply, FLAGS) | FUSE_MAX_PAGES | (offered & FUSE_BIG_WRITES);
+    reply[FLAGS..FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
+    let max_write = u32::from(MAX_IO_PAGES) * 4096;
+    reply[MAX_WRITE..MAX_WRITE + 4].copy_from_slice(&max_write.to_le_bytes());
+    reply[MAX_PAGES..MAX_PAGES + 2].copy_from_slice(&MAX_IO_PAGES.to_le_bytes());
+    for (addr, from, n) in spans {
+        if let Err(e) = mem.write_slice(&reply[from..from + n], addr) {
+            log::debug!("fs: cannot amend the INIT reply: {e}");
+            return;
+        }
     }
 }
 

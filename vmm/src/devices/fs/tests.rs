@@ -32,6 +32,7 @@ const FUSE_READLINK: u32 = 5;
 const FUSE_MKDIR: u32 = 9;
 const FUSE_OPEN: u32 = 14;
 const FUSE_READ: u32 = 15;
+const FUSE_WRITE: u32 = 16;
 const FUSE_SETXATTR: u32 = 21;
 const FUSE_GETXATTR: u32 = 22;
 const FUSE_INIT: u32 = 26;
@@ -397,6 +398,88 @@ fn malformed_requests_are_answered_with_errors_and_counted() {
     // The device still serves well-formed requests.
     assert_eq!(g.call(FUSE_GETATTR, ROOT, &[0u8; 16]).error, 0);
     assert_eq!(g.bad(), 12);
+}
+
+/// FUSE_INIT flags the Linux driver offers that matter for request sizes.
+const FUSE_BIG_WRITES: u32 = 1 << 5;
+const FUSE_MAX_PAGES: u32 = 1 << 22;
+
+#[test]
+fn init_lets_the_guest_send_1_mib_reads_and_writes() {
+    let tree = TempTree::new("init-sizes");
+    fs::write(tree.share().join("big.bin"), b"").unwrap();
+    let mut g = Guest::new(&tree.share(), false);
+
+    // A guest that offers neither flag keeps the server's 4 KiB writes.
+    let r = g.init();
+    assert_eq!(r.error, 0, "{r:?}");
+    // struct fuse_init_out: flags at 12, max_write at 20, max_pages at 28.
+    assert_eq!(u32_at(&r.body, 20), 4096);
+    assert_eq!(u32_at(&r.body, 12) & (FUSE_BIG_WRITES | FUSE_MAX_PAGES), 0);
+
+    // Linux offers both; the reply is split over two buffers, as a driver may do.
+    let mut body = Vec::new();
+    for v in [7u32, 31, 0x2_0000, FUSE_BIG_WRITES | FUSE_MAX_PAGES | 1] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    let unique = g.write_request(FUSE_INIT, 0, &body, 56);
+    let used = g.raw_chain(
+        1,
+        &[(REQ, 56, false), (RESP, 30, true), (RESP + 30, 4096, true)],
+    );
+    let r = g.read_reply(used);
+    assert_eq!((r.error, r.unique), (0, unique), "{r:?}");
+    assert_eq!(
+        u32_at(&r.body, 12) & (FUSE_BIG_WRITES | FUSE_MAX_PAGES),
+        FUSE_BIG_WRITES | FUSE_MAX_PAGES
+    );
+    assert_eq!(u32_at(&r.body, 20), 1 << 20, "max_write");
+    assert_eq!(
+        u16::from_le_bytes([r.body[28], r.body[29]]),
+        256,
+        "max_pages"
+    );
+
+    // A 1 MiB write in 8 KiB buffers, and a 1 MiB read back, each one request.
+    let (_, node, _, _) = g.lookup(ROOT, "big.bin");
+    let fh = g.open(node, libc::O_RDWR).unwrap();
+    const DATA: u64 = 0x40_0000;
+    const MIB: u32 = 1 << 20;
+    let data: Vec<u8> = (0..MIB)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    g.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    let mut write_in = Vec::new();
+    write_in.extend_from_slice(&fh.to_le_bytes());
+    write_in.extend_from_slice(&0u64.to_le_bytes());
+    write_in.extend_from_slice(&MIB.to_le_bytes());
+    write_in.extend_from_slice(&[0u8; 20]);
+    g.write_request(FUSE_WRITE, node, &write_in, 80 + MIB);
+    let mut descs = vec![(REQ, 80, false)];
+    descs.extend((0..u64::from(MIB) / 8192).map(|i| (DATA + i * 8192, 8192, false)));
+    descs.push((RESP, 64, true));
+    let used = g.raw_chain(1, &descs);
+    let r = g.read_reply(used);
+    assert_eq!(r.error, 0, "{r:?}");
+    assert_eq!(u32_at(&r.body, 0), MIB, "fuse_write_out.size");
+    assert!(
+        fs::read(tree.share().join("big.bin")).unwrap() == data,
+        "the host file holds the write"
+    );
+
+    let mut read_in = Vec::new();
+    read_in.extend_from_slice(&fh.to_le_bytes());
+    read_in.extend_from_slice(&0u64.to_le_bytes());
+    read_in.extend_from_slice(&MIB.to_le_bytes());
+    read_in.extend_from_slice(&[0u8; 20]);
+    g.write_request(FUSE_READ, node, &read_in, 80);
+    const BACK: u64 = 0x60_0000;
+    let used = g.raw_chain(1, &[(REQ, 80, false), (RESP, 16, true), (BACK, MIB, true)]);
+    assert_eq!(used, 16 + MIB);
+    let mut back = vec![0u8; MIB as usize];
+    g.mem.read_slice(&mut back, GuestAddress(BACK)).unwrap();
+    assert!(back == data, "the read returns what was written");
+    assert_eq!(g.bad(), 0);
 }
 
 #[test]
