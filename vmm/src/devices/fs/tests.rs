@@ -30,6 +30,7 @@ const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
 const FUSE_READLINK: u32 = 5;
 const FUSE_MKDIR: u32 = 9;
+const FUSE_LINK: u32 = 13;
 const FUSE_OPEN: u32 = 14;
 const FUSE_READ: u32 = 15;
 const FUSE_WRITE: u32 = 16;
@@ -343,6 +344,55 @@ fn symlinks_are_never_followed_on_the_host() {
     }
     let (_, root_link, _, _) = g.lookup(ROOT, "hostroot");
     assert_eq!(g.lookup(root_link, "etc").0, libc::ENOTDIR);
+}
+
+#[test]
+fn a_rename_race_and_hard_links_stay_inside_the_share() {
+    use std::os::unix::fs::MetadataExt;
+    let tree = TempTree::new("race");
+    fs::create_dir(tree.share().join("d")).unwrap();
+    fs::write(tree.share().join("d/f"), b"inside").unwrap();
+    std::os::unix::fs::symlink(tree.0.join("outside"), tree.share().join("abs")).unwrap();
+    let mut g = Guest::new(&tree.share(), false);
+    g.init();
+
+    // The guest holds `d`; the directory is then swapped for a symlink to the tree outside
+    // the share (as a racing rename would). Lookups under the held inode stay in the real
+    // directory, and the new `d` is a link that is never followed.
+    let (_, d, _, _) = g.lookup(ROOT, "d");
+    fs::rename(tree.share().join("d"), tree.share().join("d2")).unwrap();
+    std::os::unix::fs::symlink(&tree.0, tree.share().join("d")).unwrap();
+    assert_eq!(g.lookup(d, "f").0, 0);
+    assert_eq!(g.lookup(d, "outside").0, libc::ENOENT);
+    let (err, swapped, _, mode) = g.lookup(ROOT, "d");
+    assert_eq!((err, mode & libc::S_IFMT), (0, libc::S_IFLNK));
+    assert_eq!(g.lookup(swapped, "outside").0, libc::ENOTDIR);
+
+    // Hard links: only inodes the device handed out can be linked, and linking a symlink to
+    // an outside file links the symlink, never its target.
+    let link = |g: &mut Guest, old: u64, n: &str| {
+        let mut body = old.to_le_bytes().to_vec();
+        body.extend_from_slice(&name(n));
+        g.call(FUSE_LINK, ROOT, &body).error
+    };
+    assert_ne!(link(&mut g, 0xdead_beef, "forged"), 0);
+    assert!(!tree.share().join("forged").exists());
+    let (_, abs, _, _) = g.lookup(ROOT, "abs");
+    // (As root the link is made; without CAP_DAC_READ_SEARCH linking through an O_PATH
+    // descriptor may be refused. Either way the outside file gains no name.)
+    let err = link(&mut g, abs, "hl");
+    if err == 0 {
+        let m = fs::symlink_metadata(tree.share().join("hl")).unwrap();
+        assert!(
+            m.file_type().is_symlink(),
+            "the new name is the link itself"
+        );
+    }
+    assert_eq!(fs::metadata(tree.0.join("outside")).unwrap().nlink(), 1);
+    assert_eq!(
+        fs::read(tree.0.join("outside")).unwrap(),
+        b"host secret outside the share"
+    );
 }
 
 #[test]
