@@ -9,3 +9,4 @@ mod shim_ctr;
 mod shim_tasks;
 mod vmm_boot;
 mod vmm_devices;
+mod vmm_fs;

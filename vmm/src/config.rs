@@ -51,6 +51,9 @@ pub struct VmConfig {
     /// Whether the guest gets a virtio-rng device.
     #[serde(default)]
     pub rng: bool,
+    /// Host directories shared with the guest over virtio-fs.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -112,6 +115,38 @@ pub struct VsockConfig {
     pub socket: PathBuf,
 }
 
+/// How the guest may cache a virtio-fs share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    /// No data cache; host changes are seen at once (shared writable mmap is refused).
+    #[default]
+    Never,
+    /// Close-to-open consistency, metadata cached for a second.
+    Auto,
+    /// The guest caches freely: only for a share the guest has to itself.
+    Always,
+}
+
+/// A host directory shared with the guest over virtio-fs (`mount -t virtiofs TAG DIR`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The mount tag (1 to 36 bytes).
+    pub tag: String,
+    /// The shared directory.
+    pub path: PathBuf,
+    /// The guest's cache policy.
+    #[serde(default)]
+    pub cache: FsCache,
+    /// DAX window (not implemented: `true` is refused).
+    #[serde(default)]
+    pub dax: bool,
+    /// Refuse every change from the guest (EROFS).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// A configuration the VMM refuses, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -167,6 +202,7 @@ impl VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: false,
+            fs: Vec::new(),
         }
     }
 
@@ -229,6 +265,7 @@ impl VmConfig {
         }
         let devices = self.block.len()
             + self.net.len()
+            + self.fs.len()
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some());
         let slots = (crate::arch::IRQ_MAX - crate::arch::VIRTIO_IRQ_START + 1) as usize;
@@ -289,6 +326,47 @@ impl VmConfig {
                 ));
             }
             check_socket_path("vsock.socket", &v.socket)?;
+        }
+        for (i, f) in self.fs.iter().enumerate() {
+            if f.tag.is_empty() || f.tag.len() > crate::devices::fs::TAG_LEN {
+                return Err(bad(
+                    format!("fs[{i}].tag"),
+                    format!("`{}` must be 1 to 36 bytes", f.tag),
+                ));
+            }
+            if f.tag.contains('\0') {
+                return Err(bad(format!("fs[{i}].tag"), "must not contain NUL"));
+            }
+            if self.fs[..i].iter().any(|g| g.tag == f.tag) {
+                return Err(bad(
+                    format!("fs[{i}].tag"),
+                    format!("`{}` is already the tag of another share", f.tag),
+                ));
+            }
+            match std::fs::metadata(&f.path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(bad(
+                        format!("fs[{i}].path"),
+                        format!("{} is not a directory", f.path.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Err(bad(
+                        format!("fs[{i}].path"),
+                        format!("{}: {e}", f.path.display()),
+                    ))
+                }
+            }
+            if f.path.to_str().is_none() {
+                return Err(bad(format!("fs[{i}].path"), "must be UTF-8"));
+            }
+            if f.dax {
+                return Err(bad(
+                    format!("fs[{i}].dax"),
+                    "DAX is not implemented; leave it false",
+                ));
+            }
         }
         Ok(())
     }
@@ -409,6 +487,57 @@ mod tests {
             "vsock.cid",
         );
         check(&|c| c.api_socket = Some("/".into()), "api_socket");
+        let share = |tag: &str, path: &str| FsConfig {
+            tag: tag.into(),
+            path: path.into(),
+            cache: FsCache::Never,
+            dax: false,
+            read_only: false,
+        };
+        check(&|c| c.fs.push(share("", "/tmp")), "fs[0].tag");
+        check(&|c| c.fs.push(share(&"t".repeat(37), "/tmp")), "fs[0].tag");
+        check(&|c| c.fs.push(share("t", "/nonexistent")), "fs[0].path");
+        check(
+            &|c| c.fs.push(share("t", c.kernel.to_str().unwrap())),
+            "fs[0].path",
+        );
+        check(
+            &|c| c.fs.extend([share("t", "/tmp"), share("t", "/tmp")]),
+            "fs[1].tag",
+        );
+        check(
+            &|c| {
+                let mut s = share("t", "/tmp");
+                s.dax = true;
+                c.fs.push(s)
+            },
+            "fs[0].dax",
+        );
+        let mut c = VmConfig::new(kernel());
+        c.fs.push(share(&"t".repeat(36), "/tmp"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn fs_shares_parse_with_defaults() {
+        let c = VmConfig::from_json(
+            r#"{"kernel": "/k", "fs": [{"tag": "carapace", "path": "/run/carapace/x/shared"},
+                {"tag": "b", "path": "/b", "cache": "always", "dax": false, "read_only": true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.fs[0].cache, FsCache::Never);
+        assert!(!c.fs[0].dax && !c.fs[0].read_only);
+        assert_eq!(c.fs[1].cache, FsCache::Always);
+        assert!(c.fs[1].read_only);
+        let err = VmConfig::from_json(
+            r#"{"kernel": "/k", "fs": [{"tag": "a", "path": "/", "ro": true}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "ro");
+        assert!(VmConfig::from_json(
+            r#"{"kernel": "/k", "fs": [{"tag": "a", "path": "/", "cache": "sometimes"}]}"#
+        )
+        .is_err());
     }
 
     #[test]

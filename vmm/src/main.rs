@@ -6,14 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use carapace_vmm::api::ApiServer;
-use carapace_vmm::config::{BlockConfig, NetConfig, Serial, VmConfig, VsockConfig};
+use carapace_vmm::config::{
+    BlockConfig, FsCache, FsConfig, NetConfig, Serial, VmConfig, VsockConfig,
+};
 use carapace_vmm::vm::Machine;
 
 const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
        [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
        [--api-socket PATH] [--block PATH[,ro]]... [--net TAP[,mac=MAC]|fd=N[,mac=MAC]]...
-       [--vsock CID,PATH] [--rng]
-Flags override the config file's values; --block and --net add to its devices.
+       [--vsock CID,PATH] [--rng] [--fs TAG,PATH[,cache=never|auto|always][,ro]]...
+Flags override the config file's values; --block, --net and --fs add to its devices.
 Set CARAPACE_VMM_STARTUP_REPORT=1 to print CPU time and RSS at the first KVM_RUN.";
 
 /// A command line the VMM refuses.
@@ -127,11 +129,41 @@ fn parse_args(args: Vec<String>) -> Result<VmConfig, UsageError> {
                 });
             }
             "--rng" => config.rng = true,
+            "--fs" => config.fs.push(parse_fs(&v)?),
             "--help" | "-h" => return Err(UsageError(String::new())),
             other => return Err(UsageError(format!("unknown option {other}"))),
         }
     }
     Ok(config)
+}
+
+/// `TAG,PATH[,cache=never|auto|always][,ro]`.
+fn parse_fs(v: &str) -> Result<FsConfig, UsageError> {
+    let mut parts = v.split(',');
+    let (Some(tag), Some(path)) = (parts.next(), parts.next()) else {
+        return Err(UsageError(format!("--fs: `{v}` is not TAG,PATH[,...]")));
+    };
+    let mut fs = FsConfig {
+        tag: tag.into(),
+        path: path.into(),
+        cache: FsCache::Never,
+        dax: false,
+        read_only: false,
+    };
+    for opt in parts {
+        match opt {
+            "ro" => fs.read_only = true,
+            "cache=never" => fs.cache = FsCache::Never,
+            "cache=auto" => fs.cache = FsCache::Auto,
+            "cache=always" => fs.cache = FsCache::Always,
+            other => {
+                return Err(UsageError(format!(
+                    "--fs: unknown option `{other}` (cache=never|auto|always, ro)"
+                )))
+            }
+        }
+    }
+    Ok(fs)
 }
 
 fn main() -> ExitCode {
@@ -264,8 +296,16 @@ mod tests {
             "--rng",
             "--serial",
             "off",
+            "--fs",
+            "carapace,/run/x",
+            "--fs",
+            "b,/b,cache=auto,ro",
         ]))
         .unwrap();
+        assert_eq!(c.fs[0].tag, "carapace");
+        assert_eq!(c.fs[0].path, PathBuf::from("/run/x"));
+        assert_eq!((c.fs[0].cache, c.fs[0].read_only), (FsCache::Never, false));
+        assert_eq!((c.fs[1].cache, c.fs[1].read_only), (FsCache::Auto, true));
         assert_eq!(c.kernel, PathBuf::from("/k"));
         assert_eq!((c.vcpus, c.memory_mib), (2, 256));
         assert!(c.block[0].read_only);
@@ -284,5 +324,9 @@ mod tests {
         let e = parse_args(args(&["--kernel"])).unwrap_err();
         assert!(e.0.contains("--kernel"), "{}", e.0);
         assert!(parse_args(args(&["--vcpus", "1"])).is_err());
+        let e = parse_args(args(&["--kernel", "/k", "--fs", "tag"])).unwrap_err();
+        assert!(e.0.contains("--fs"), "{}", e.0);
+        let e = parse_args(args(&["--kernel", "/k", "--fs", "t,/p,cache=sometimes"])).unwrap_err();
+        assert!(e.0.contains("cache=sometimes"), "{}", e.0);
     }
 }

@@ -295,6 +295,8 @@ pub struct Machine {
 
 /// Builds the virtio devices the configuration asks for, in command-line order.
 fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, MachineError> {
+    use crate::config::FsCache;
+    use crate::devices::fs::{CacheMode, Fs};
     use crate::devices::{blk::Block, net::Net, rng::Rng, vsock::Vsock};
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, b) in config.block.iter().enumerate() {
@@ -326,6 +328,23 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
     if let Some(v) = &config.vsock {
         let dev = Vsock::new(v.cid, v.socket.clone())
             .map_err(|e| MachineError::Device(format!("vsock: {e}")))?;
+        out.push(Box::new(dev));
+    }
+    for (i, f) in config.fs.iter().enumerate() {
+        let cache = match f.cache {
+            FsCache::Never => CacheMode::Never,
+            FsCache::Auto => CacheMode::Auto,
+            FsCache::Always => CacheMode::Always,
+        };
+        let dev = Fs::new(&f.tag, &f.path, cache, f.read_only).map_err(|e| {
+            let mut msg = format!("fs[{i}]: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            MachineError::Device(msg)
+        })?;
         out.push(Box::new(dev));
     }
     if config.rng {

@@ -2,6 +2,7 @@
 //! and virtio devices over MMIO, each virtio device in a folder of its own.
 
 pub mod blk;
+pub mod fs;
 pub mod legacy;
 pub mod net;
 pub mod rng;

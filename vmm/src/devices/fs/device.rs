@@ -1,0 +1,268 @@
+//! The virtio-fs device: the passthrough file system over the shared directory, features and
+//! configuration space (tag and request queue count), and the queue handler.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use fuse_virtio_queue::QueueT as _;
+use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+use virtio_queue::{Queue, QueueT};
+
+use super::memory::SharedMemory;
+use super::request::{self, FsServer, Outcome, Policy};
+use super::{CacheMode, FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, VirtioDevice,
+    VIRTIO_F_VERSION_1,
+};
+
+/// struct virtio_fs_config: tag[36] and num_request_queues.
+const CONFIG_LEN: usize = TAG_LEN + 4;
+
+/// The high-priority queue and the request queues.
+const QUEUES: [u16; 1 + NUM_REQUEST_QUEUES as usize] =
+    [QUEUE_SIZE; 1 + NUM_REQUEST_QUEUES as usize];
+
+/// A virtio-fs device sharing one host directory.
+pub struct Fs {
+    tag: String,
+    config: [u8; CONFIG_LEN],
+    acked_features: u64,
+    server: Arc<FsServer>,
+    policy: Policy,
+    counters: DeviceCounters,
+    /// Requests the file system's policy refused so far, to rate-limit their logs.
+    denials: u64,
+    active: Option<Active>,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("tag", &self.tag)
+            .field("policy", &self.policy)
+            .field("active", &self.active.is_some())
+            .finish()
+    }
+}
+
+/// What the device holds between activation and reset.
+struct Active {
+    interrupt: Arc<Interrupt>,
+    /// virtio-queue 0.17 queues (see memory.rs for why), configured like the transport's.
+    queues: Vec<fuse_virtio_queue::Queue>,
+    /// Declared last: the queues and in-flight work refer to this memory.
+    mem: SharedMemory,
+}
+
+impl Fs {
+    /// Shares `path` under `tag`. The directory is opened now, so a missing one is reported at
+    /// start-up rather than at the guest's mount.
+    pub fn new(tag: &str, path: &Path, cache: CacheMode, read_only: bool) -> Result<Fs, FsError> {
+        if tag.is_empty() || tag.len() > TAG_LEN {
+            return Err(FsError::Tag(tag.to_string()));
+        }
+        let share_err = |source| FsError::Share {
+            path: path.display().to_string(),
+            source,
+        };
+        let root = path
+            .to_str()
+            .ok_or_else(|| {
+                share_err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the path is not UTF-8",
+                ))
+            })?
+            .to_string();
+        if !path.is_dir() {
+            return Err(share_err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        let (timeout, cache_policy) = match cache {
+            CacheMode::Never => (Duration::ZERO, CachePolicy::Never),
+            CacheMode::Auto => (Duration::from_secs(1), CachePolicy::Auto),
+            CacheMode::Always => (Duration::from_secs(86400), CachePolicy::Always),
+        };
+        let cfg = Config {
+            root_dir: root,
+            cache_policy,
+            attr_timeout: timeout,
+            entry_timeout: timeout,
+            // The safe choices, spelled out rather than left to the crate's defaults:
+            // O_PATH descriptors, not file handles (open_by_handle_at reaches the whole host
+            // file system and needs CAP_DAC_READ_SEARCH).
+            inode_file_handles: false,
+            // The guest's page cache must not hold writes the host cannot see.
+            writeback: false,
+            // Every open goes through the server and its checks.
+            no_open: false,
+            no_opendir: false,
+            killpriv_v2: false,
+            // Needed for the xattrs the guest reads; setting is limited in request.rs.
+            xattr: true,
+            // The root is opened at FUSE_INIT (and again after DESTROY); with import off the
+            // server would also turn on no-open and writeback as if under a VFS.
+            do_import: true,
+            dax_file_size: None,
+            ..Config::default()
+        };
+        let fs: PassthroughFs<()> = PassthroughFs::new(cfg).map_err(share_err)?;
+        // Import once now: an unreadable directory fails here, not at the guest's mount.
+        fs.import().map_err(share_err)?;
+
+        let mut config = [0u8; CONFIG_LEN];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        Ok(Fs {
+            tag: tag.to_string(),
+            config,
+            acked_features: 0,
+            server: Arc::new(Server::new(fs)),
+            policy: Policy { read_only },
+            counters: DeviceCounters::default(),
+            denials: 0,
+            active: None,
+        })
+    }
+
+    /// The mount tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Features the driver accepted.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Serves every chain the guest made available on queue `index`, then raises one interrupt.
+    fn process_requests(&mut self, index: usize) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(queue) = active.queues.get_mut(index) else {
+            log::warn!("fs: notification for queue {index}, which does not exist");
+            return;
+        };
+        let mem = active.mem.alias();
+        let mut used_any = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let done = request::serve(&self.server, self.policy, mem, chain);
+            match done.outcome {
+                Outcome::Served => self.counters.completed(u64::from(done.used_len)),
+                Outcome::Denied(errno) => {
+                    self.counters.completed(u64::from(done.used_len));
+                    self.denials += 1;
+                    if self.denials <= 10 || self.denials.is_power_of_two() {
+                        log::info!(
+                            "fs: refused a request with errno {errno} ({} so far)",
+                            self.denials
+                        );
+                    }
+                }
+                Outcome::Refused(why) => self.counters.bad_request("fs", why),
+            }
+            if let Err(e) = queue.add_used(mem, head, done.used_len) {
+                log::debug!("fs: cannot return chain {head}: {e}");
+                continue;
+            }
+            used_any = true;
+        }
+        if used_any {
+            active.interrupt.signal_used_queue();
+        }
+    }
+}
+
+/// A virtio-queue 0.17 queue set up like `q`.
+fn alias_queue(q: &Queue) -> Result<fuse_virtio_queue::Queue, ActivateError> {
+    let mut c = fuse_virtio_queue::Queue::new(q.max_size())
+        .map_err(|e| ActivateError::Backend(std::io::Error::other(format!("queue: {e:?}"))))?;
+    c.set_size(q.size());
+    c.set_desc_table_address(
+        Some(q.desc_table() as u32),
+        Some((q.desc_table() >> 32) as u32),
+    );
+    c.set_avail_ring_address(
+        Some(q.avail_ring() as u32),
+        Some((q.avail_ring() >> 32) as u32),
+    );
+    c.set_used_ring_address(
+        Some(q.used_ring() as u32),
+        Some((q.used_ring() >> 32) as u32),
+    );
+    c.set_ready(q.ready());
+    Ok(c)
+}
+
+impl VirtioDevice for Fs {
+    fn name(&self) -> &str {
+        "fs"
+    }
+
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUES
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & VIRTIO_F_VERSION_1;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUES.len() {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUES.len(),
+                got: queues.len(),
+            });
+        }
+        let queues = queues
+            .iter()
+            .map(alias_queue)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mem = SharedMemory::new(mem)
+            .map_err(|e| ActivateError::Backend(std::io::Error::other(e.to_string())))?;
+        self.active = Some(Active {
+            interrupt,
+            queues,
+            mem,
+        });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        self.process_requests(index);
+    }
+
+    fn reset(&mut self) -> bool {
+        // The FUSE session's inodes and handles stay until the guest's next INIT re-imports
+        // the root; a reset driver starts with INIT.
+        self.active = None;
+        self.acked_features = 0;
+        true
+    }
+
+    fn counters(&self) -> &DeviceCounters {
+        &self.counters
+    }
+}
