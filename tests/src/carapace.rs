@@ -16,10 +16,9 @@ pub const RUNTIME: &str = "io.containerd.carapace.v2";
 pub const STATE_ROOT: &str = "/run/carapace";
 
 /// How the shim shares rootfs directories with the guest in tests: `CARAPACE_SHARE` if set,
-/// else `block-copy`, the shim's stop-gap until carapace-vmm has virtio-fs. Set
-/// `CARAPACE_SHARE=virtiofs` (and make it the default here) once virtio-fs has landed.
+/// else `virtiofs` (the design; `block-copy` is the shim's older ext4-image stop-gap).
 pub fn share() -> String {
-    std::env::var("CARAPACE_SHARE").unwrap_or_else(|_| "block-copy".into())
+    std::env::var("CARAPACE_SHARE").unwrap_or_else(|_| "virtiofs".into())
 }
 
 /// A private containerd with the carapace shim available.

@@ -96,7 +96,7 @@ fn main() {
         ms(cara)
     );
     if carapace::share() == "block-copy" {
-        println!("demo: note: the rootfs reached the guest by the block-copy stop-gap; virtio-fs replaces it when carapace-vmm has it");
+        println!("demo: note: the rootfs reached the guest by the block-copy stop-gap (CARAPACE_SHARE=block-copy), not virtio-fs");
     }
     let left = c.leftovers();
     assert!(left.is_empty(), "carapace left traces: {left:?}");
