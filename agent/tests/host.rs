@@ -3,7 +3,6 @@
 //! rootfs through its ttrpc API. Each test starts its own agent under its own cgroup parent
 //! and removes every trace (processes, cgroups, files) when it ends. Skipped unless root.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -13,6 +12,8 @@ use carapace_protocol::agent_ttrpc::AgentServiceClient;
 use oci_spec::runtime::Spec;
 use ttrpc::context;
 use ttrpc::Code;
+
+mod common;
 
 const CTX_SECS: i64 = 30;
 
@@ -26,11 +27,6 @@ struct Agent {
     dir: PathBuf,
     cgroup_parent: String,
     client: AgentServiceClient,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// A busybox rootfs with relative applet links (so they resolve inside the container).
@@ -57,7 +53,7 @@ fn make_rootfs(dir: &Path) -> PathBuf {
 
 impl Agent {
     async fn start(name: &str) -> Option<Self> {
-        if !is_root() {
+        if !common::is_root() {
             eprintln!("skipped: host tests of the agent need root");
             return None;
         }
@@ -66,55 +62,13 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         make_rootfs(&dir);
-        let sock = dir.join("agent.sock");
         let cgroup_parent = format!("/carapace-test-{name}-{}", std::process::id());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_carapace-agent"));
-        cmd.arg("--listen")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--cgroup-parent")
-            .arg(&cgroup_parent);
-        // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let none = c"none";
-                let root = c"/";
-                if libc::mount(
-                    none.as_ptr(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("starting carapace-agent");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = loop {
-            if let Ok(c) =
-                ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display())).await
-            {
-                break c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not listen within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (child, client) = common::start_agent(&dir, &cgroup_parent, libc::CLONE_NEWNS).await;
         Some(Self {
             child,
             dir,
             cgroup_parent,
-            client: AgentServiceClient::new(client),
+            client,
         })
     }
 

@@ -3,15 +3,15 @@
 //! namespace; `ip -j` run there through nsenter checks what the kernel now holds. Skipped
 //! unless root.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 use carapace_protocol::agent::*;
 use carapace_protocol::agent_ttrpc::AgentServiceClient;
 use carapace_protocol::types::{ArpNeighbor, Interface, IpAddress, Route};
 use serde_json::Value;
+
+mod common;
 use ttrpc::context;
 use ttrpc::Code;
 
@@ -28,61 +28,17 @@ struct Agent {
 
 impl Agent {
     async fn start(name: &str) -> Option<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !common::is_root() {
             eprintln!("skipped: host tests of the agent need root");
             return None;
         }
         let dir = std::env::temp_dir().join(format!("carapace-net-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("agent.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_carapace-agent"));
-        cmd.arg("--listen")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--cgroup-parent")
-            .arg(format!("/carapace-test-net-{name}-{}", std::process::id()));
-        // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let root = c"/";
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("starting carapace-agent");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = loop {
-            if let Ok(c) =
-                ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display())).await
-            {
-                break c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not listen in 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Some(Self {
-            child,
-            dir,
-            client: AgentServiceClient::new(client),
-        })
+        let cgroup_parent = format!("/carapace-test-net-{name}-{}", std::process::id());
+        let (child, client) =
+            common::start_agent(&dir, &cgroup_parent, libc::CLONE_NEWNS | libc::CLONE_NEWNET).await;
+        Some(Self { child, dir, client })
     }
 
     /// Runs `ip ARGS` in the agent's network namespace and returns its stdout.
