@@ -25,14 +25,18 @@ build: deps
 	$(CARGO) build --locked --release -j$(JOBS)
 
 # Installs the binaries, the guest kernel and initramfs, a default config (kept if present) and
-# containerd's runtime stanza. PREFIX and DESTDIR as usual.
+# containerd's runtime stanza. PREFIX and DESTDIR as usual; PROFILE=debug installs the debug
+# build (the lab test of `make install` uses it to save a release build).
 PREFIX ?= /usr/local
-install: build kernels images
-	install -D -m 755 target/release/carapace-vmm $(DESTDIR)$(PREFIX)/bin/carapace-vmm
-	install -D -m 755 target/release/containerd-shim-carapace-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-carapace-v2
+PROFILE ?= release
+install: deps kernels images
+	$(CARGO) build --locked -j$(JOBS) --profile $(subst debug,dev,$(PROFILE)) -p carapace-vmm -p carapace-shim
+	install -D -m 755 target/$(PROFILE)/carapace-vmm $(DESTDIR)$(PREFIX)/bin/carapace-vmm
+	install -D -m 755 target/$(PROFILE)/containerd-shim-carapace-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-carapace-v2
 	install -D -m 644 "$$(guest-kernel/build | tail -n1)" $(DESTDIR)$(PREFIX)/share/carapace/vmlinux
 	install -D -m 644 "$$(images/build-initramfs | tail -n1)" $(DESTDIR)$(PREFIX)/share/carapace/initramfs.img
-	[ -e $(DESTDIR)/etc/carapace/config.toml ] || install -D -m 644 shim/config.toml $(DESTDIR)/etc/carapace/config.toml
+	[ -e $(DESTDIR)/etc/carapace/config.toml ] || { install -D -m 644 shim/config.toml $(DESTDIR)/etc/carapace/config.toml && \
+	  [ "$(PREFIX)" = /usr/local ] || sed -i 's|^#\(kernel\|initramfs\) = "/usr/local/|\1 = "$(PREFIX)/|' $(DESTDIR)/etc/carapace/config.toml; }
 	shim/install-containerd-runtime $(DESTDIR)/etc/containerd/config.toml
 
 lint:

@@ -38,6 +38,11 @@ pub struct Config {
     pub vcpus: u8,
     /// Memory of each pod's VM in MiB. Default: 256.
     pub memory_mib: u64,
+    /// The most vCPUs a pod may ask for (annotations, CPU limits); 0 means the host's CPU
+    /// count. Default: 0.
+    pub max_vcpus: u8,
+    /// The most memory in MiB a pod may ask for. Default: 16384.
+    pub max_memory_mib: u64,
     /// Extra kernel command line, appended to the VMM's default. Default: empty.
     pub kernel_params: String,
     /// The shim's log level (error, warn, info, debug, trace). Default: `info`.
@@ -56,6 +61,8 @@ impl Default for Config {
             initramfs: PathBuf::from("/usr/local/share/carapace/initramfs.img"),
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 0,
+            max_memory_mib: 16384,
             kernel_params: String::new(),
             log_level: "info".into(),
             agent_timeout_secs: 30,
@@ -97,6 +104,17 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The most vCPUs a pod VM may have: `max_vcpus`, or the host's CPU count when that is 0
+    /// (never fewer than `vcpus`).
+    pub fn vcpu_limit(&self) -> u8 {
+        let max = match self.max_vcpus {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| u8::try_from(n.get()).unwrap_or(u8::MAX)),
+            n => n,
+        };
+        max.max(self.vcpus)
+    }
+
     /// The path to read: `$CARAPACE_CONFIG` or [`DEFAULT_PATH`].
     pub fn path() -> PathBuf {
         std::env::var_os(PATH_ENV)
@@ -134,6 +152,21 @@ impl Config {
             return Err(bad(
                 "memory_mib",
                 format!("{} MiB is too small (64 at least)", c.memory_mib),
+            ));
+        }
+        if c.max_vcpus != 0 && c.max_vcpus < c.vcpus {
+            return Err(bad(
+                "max_vcpus",
+                format!("{} is below vcpus ({})", c.max_vcpus, c.vcpus),
+            ));
+        }
+        if c.max_memory_mib < c.memory_mib {
+            return Err(bad(
+                "max_memory_mib",
+                format!(
+                    "{} MiB is below memory_mib ({})",
+                    c.max_memory_mib, c.memory_mib
+                ),
             ));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&c.log_level.as_str()) {
@@ -187,7 +220,7 @@ mod tests {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        assert!(uncommented.matches(" = ").count() >= 9, "{uncommented}");
+        assert!(uncommented.matches(" = ").count() >= 11, "{uncommented}");
         assert_eq!(
             Config::parse(Path::new("c.toml"), &uncommented).unwrap(),
             Config::default()
@@ -202,7 +235,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        for text in ["vcpus = 0", "memory_mib = 8", "log_level = \"loud\""] {
+        for text in [
+            "vcpus = 0",
+            "memory_mib = 8",
+            "vcpus = 4\nmax_vcpus = 2",
+            "memory_mib = 512\nmax_memory_mib = 256",
+            "log_level = \"loud\"",
+        ] {
             assert!(Config::parse(Path::new("c.toml"), text).is_err(), "{text}");
         }
     }

@@ -14,6 +14,7 @@ mod process;
 mod sandbox;
 mod service;
 mod shim;
+mod sizing;
 mod spec;
 mod stdio;
 mod vmm;

@@ -15,6 +15,7 @@ use crate::agent::{self, ctx_timeout};
 use crate::config::{Config, Share};
 use crate::error::{Result, ShimError};
 use crate::mounts;
+use crate::sizing::VmSize;
 use crate::spec::GUEST_SHARE;
 use crate::vmm::{Block, FsShare, Serial, VmConfig, Vmm, Vsock, GUEST_CID, SHARE_TAG};
 
@@ -77,6 +78,8 @@ pub struct FirstContainer<'a> {
     pub host_rootfs: &'a Path,
     /// Where the guest expects it.
     pub guest_rootfs: &'a Path,
+    /// The VM's size, from the config and this container's spec.
+    pub size: VmSize,
 }
 
 impl Sandbox {
@@ -93,8 +96,8 @@ impl Sandbox {
             )
             .trim_end()
             .to_string(),
-            vcpus: config.vcpus,
-            memory_mib: config.memory_mib,
+            vcpus: first.size.vcpus,
+            memory_mib: first.size.memory_mib,
             serial: Serial::File(dir.join("console.log")),
             api_socket: dir.join("api.sock"),
             vsock: Vsock {
@@ -177,6 +180,16 @@ impl Sandbox {
     /// A watch of the VMM's exit status.
     pub fn vmm_exit(&self) -> watch::Receiver<Option<i32>> {
         self.vmm.exit_watch()
+    }
+
+    /// Whether [`Sandbox::teardown`] has begun (a VMM exit after that is expected).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The end of the VMM's log, for error reports.
+    pub fn vmm_log_tail(&self) -> String {
+        tail(&self.dir.join("vmm.log"), 3000)
     }
 
     /// The end of the guest's serial console, for error reports.

@@ -28,6 +28,7 @@ use crate::events::Events;
 use crate::mounts;
 use crate::process::Proc;
 use crate::sandbox::{self, FirstContainer, Sandbox};
+use crate::sizing;
 use crate::spec;
 use crate::stdio::{Pumps, StdioPaths};
 
@@ -175,6 +176,31 @@ impl Service {
         });
     }
 
+    /// Logs why the VM ended when it ends on its own (a crash, a guest panic): the VMM's log
+    /// and the guest console go to containerd's log before teardown removes them.
+    fn watch_vm(&self, sandbox: &Arc<Sandbox>) {
+        let sandbox = Arc::downgrade(sandbox);
+        let mut exit = match sandbox.upgrade() {
+            Some(s) => s.vmm_exit(),
+            None => return,
+        };
+        tokio::spawn(async move {
+            let status = match exit.wait_for(Option::is_some).await {
+                Ok(s) => *s,
+                Err(_) => return,
+            };
+            let Some(s) = sandbox.upgrade() else { return };
+            if !s.stopping() {
+                log::error!(
+                    "pod {}: the VM ended on its own (status {status:?})\n--- vmm log ---\n{}\n--- guest console ---\n{}",
+                    s.id,
+                    s.vmm_log_tail(),
+                    s.console_tail()
+                );
+            }
+        });
+    }
+
     /// Forwards the agent's OOM events until the VM ends.
     fn watch_oom(&self, sandbox: &Sandbox) {
         let agent = sandbox.agent.clone();
@@ -245,6 +271,7 @@ impl Service {
 
         let mut booted: Option<Arc<Sandbox>> = None;
         let result: Result<Arc<Proc>> = async {
+            let size = sizing::vm_size(&self.config, &oci)?;
             mounts::mount_rootfs(&req.rootfs, bundle, &host_rootfs).await?;
             let binds = spec::for_guest(&mut oci, id, self.config.share == Share::Virtiofs)?;
             for b in &binds {
@@ -257,6 +284,7 @@ impl Service {
                         id,
                         host_rootfs: &host_rootfs,
                         guest_rootfs: &guest_rootfs,
+                        size,
                     };
                     let s = Arc::new(Sandbox::boot(&self.config, &sid, first).await?);
                     booted = Some(s.clone());
@@ -313,6 +341,7 @@ impl Service {
         };
         if let Some(s) = booted {
             self.watch_oom(&s);
+            self.watch_vm(&s);
             state.sandbox = Some(s);
         }
         let pid = state.pid();

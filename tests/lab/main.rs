@@ -6,6 +6,8 @@ mod containerd_runc;
 mod guest_boot;
 mod kvm;
 mod shim_ctr;
+mod shim_install;
+mod shim_pod;
 mod shim_tasks;
 mod vmm_boot;
 mod vmm_devices;

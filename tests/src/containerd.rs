@@ -136,6 +136,127 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 }
 
+/// `ctr` helpers tests share: commands that must succeed, task status, delete with the
+/// exit status containerd reports.
+impl Containerd {
+    /// A failure report: the command's status and output, and containerd's log.
+    pub fn explain(&self, what: &str, out: &Output) -> String {
+        format!(
+            "{what}: status {:?}\nstdout: {}\nstderr: {}\n--- containerd log ---\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        )
+    }
+
+    /// Runs `ctr args`, which must succeed, and returns its stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr_output(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            self.explain(&args.join(" "), &out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The STATUS column of `ctr task ls` for `id` ("absent" when it has no task).
+    pub fn task_status(&self, id: &str) -> String {
+        self.ctr_ok(&["task", "ls"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("absent")
+            .to_string()
+    }
+
+    /// Deletes the task of `id`, checks the exit status `ctr task delete` reports
+    /// (containerd 1.6's ctr warns "task ID exit with non-zero exit code N"), then removes the
+    /// container.
+    pub fn delete_task(&self, id: &str, status: u32) {
+        let out = self.ctr_output(["task", "delete", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            self.explain("task delete", &out)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reported = stderr
+            .split("non-zero exit code ")
+            .nth(1)
+            .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        assert_eq!(reported, status, "{}", self.explain("task delete", &out));
+        self.ctr_ok(&["container", "rm", id]);
+    }
+}
+
+/// `ctr events` running in the background: every event containerd publishes, in order.
+pub struct EventLog {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EventLog {
+    /// Subscribes to containerd's events; returns once the subscription is in place.
+    pub fn start(c: &Containerd) -> EventLog {
+        let mut child = c
+            .ctr(["events"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ctr events");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                sink.lock().expect("event log lock").push(line);
+            }
+        });
+        // ctr subscribes right after it starts; give it that moment.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        EventLog { child, lines }
+    }
+
+    /// The `/tasks/...` topics published for container `id` so far, in order, each with its
+    /// event's JSON.
+    pub fn task_events(&self, id: &str) -> Vec<(String, String)> {
+        let needle = format!("\"container_id\":\"{id}\"");
+        self.lines
+            .lock()
+            .expect("event log lock")
+            .iter()
+            .filter_map(|l| {
+                let at = l.find(" /tasks/")?;
+                let rest = &l[at + 1..];
+                let (topic, json) = rest.split_once(' ').unwrap_or((rest, ""));
+                json.contains(&needle)
+                    .then(|| (topic.to_string(), json.to_string()))
+            })
+            .collect()
+    }
+
+    /// Everything `ctr events` printed, for failure reports.
+    pub fn dump(&self) -> String {
+        self.lines.lock().expect("event log lock").join("\n")
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Shims outlive containerd by design: end every process started for this instance.

@@ -236,7 +236,9 @@ impl VcpuRunner {
                 }
                 Ok(VcpuExit::Hlt) => {}
                 Ok(VcpuExit::Shutdown) => {
-                    // KVM reports a triple fault as a shutdown exit.
+                    // KVM reports a triple fault as a shutdown exit. The registers go to the
+                    // log: a guest that dies this way is a bug to find (ours or the guest's).
+                    log::error!("vcpu{index}: triple fault; {}", describe(&self.fd));
                     self.exit.exit(ExitReason::TripleFault);
                     return;
                 }
@@ -251,13 +253,15 @@ impl VcpuRunner {
                 }
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     self.exit.exit(ExitReason::Error(format!(
-                        "vcpu{index}: KVM entry failed (hardware reason {reason:#x} on CPU {cpu})"
+                        "vcpu{index}: KVM entry failed (hardware reason {reason:#x} on CPU {cpu}); {}",
+                        describe(&self.fd)
                     )));
                     return;
                 }
                 Ok(VcpuExit::InternalError) => {
                     self.exit.exit(ExitReason::Error(format!(
-                        "vcpu{index}: KVM internal error (emulation failure?)"
+                        "vcpu{index}: KVM internal error (emulation failure?); {}",
+                        describe(&self.fd)
                     )));
                     return;
                 }
@@ -278,6 +282,33 @@ impl VcpuRunner {
             }
         }
     }
+}
+
+/// The vCPU's registers, for the log when the guest dies: where it was and in what mode.
+fn describe(fd: &VcpuFd) -> String {
+    let regs = match fd.get_regs() {
+        Ok(r) => format!(
+            "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x}",
+            r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx
+        ),
+        Err(e) => format!("registers unreadable ({e})"),
+    };
+    let sregs = match fd.get_sregs() {
+        Ok(s) => format!(
+            "cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} ss {:#x} idt {:#x}+{:#x}",
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.ss.selector,
+            s.idt.base,
+            s.idt.limit
+        ),
+        Err(e) => format!("special registers unreadable ({e})"),
+    };
+    format!("{regs}; {sregs}")
 }
 
 /// Stops `handles`' threads and waits for them, giving up on a thread after `timeout`.
