@@ -244,6 +244,10 @@ impl Service {
         let guest_rootfs = spec::guest_rootfs(id);
 
         let mut booted: Option<Arc<Sandbox>> = None;
+        // Read before `for_guest` drops host namespace paths from the spec.
+        let netns = crate::network::netns_path(&oci);
+        let hostname = oci.hostname().clone().filter(|h| !h.is_empty());
+        let resolv_conf = crate::network::resolv_conf_source(&oci);
         let result: Result<Arc<Proc>> = async {
             mounts::mount_rootfs(&req.rootfs, bundle, &host_rootfs).await?;
             let binds = spec::for_guest(&mut oci, id, self.config.share == Share::Virtiofs)?;
@@ -257,6 +261,9 @@ impl Service {
                         id,
                         host_rootfs: &host_rootfs,
                         guest_rootfs: &guest_rootfs,
+                        netns: netns.clone(),
+                        hostname: hostname.clone(),
+                        resolv_conf: resolv_conf.clone(),
                     };
                     let s = Arc::new(Sandbox::boot(&self.config, &sid, first).await?);
                     booted = Some(s.clone());
