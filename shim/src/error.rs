@@ -48,6 +48,9 @@ pub enum ShimError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod's network could not be set up or torn down.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// Anything else that went wrong inside the shim.
     #[error("{0}")]
     Internal(String),
@@ -87,6 +90,11 @@ impl ShimError {
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
             Self::Agent { code, .. } => *code,
             Self::AgentTransport { .. } => Code::UNAVAILABLE,
+            Self::Network(e) => match e {
+                crate::network::NetworkError::Agent(inner) => inner.code(),
+                e if e.is_invalid_argument() => Code::INVALID_ARGUMENT,
+                _ => Code::INTERNAL,
+            },
             Self::Io { .. } | Self::Internal(_) => Code::INTERNAL,
         }
     }

@@ -1,6 +1,7 @@
 //! One pod's microVM as the shim owns it: its state directory `/run/carapace/<sid>/`, the
-//! share under it, the VMM child, the agent connection, and teardown that leaves no
-//! process, mount, socket or directory behind.
+//! share under it, the pod's network (taps, see [`crate::network`]), the VMM child, the agent
+//! connection, and teardown that leaves no process, mount, tap, qdisc, socket or directory
+//! behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +16,10 @@ use crate::agent::{self, ctx_timeout};
 use crate::config::{Config, Share};
 use crate::error::{Result, ShimError};
 use crate::mounts;
+use crate::network::{self, PodNetwork};
 use crate::sizing::VmSize;
 use crate::spec::GUEST_SHARE;
-use crate::vmm::{Block, FsShare, Serial, VmConfig, Vmm, Vsock, GUEST_CID, SHARE_TAG};
+use crate::vmm::{Block, FsShare, Net, Serial, VmConfig, Vmm, Vsock, GUEST_CID, SHARE_TAG};
 
 /// Where every pod's state directory lives.
 pub const STATE_ROOT: &str = "/run/carapace";
@@ -67,6 +69,8 @@ pub struct Sandbox {
     pub vmm: Vmm,
     /// The agent's ttrpc client.
     pub agent: AgentServiceClient,
+    /// The pod's network on the host, if its spec named a network namespace.
+    network: tokio::sync::Mutex<Option<PodNetwork>>,
     stopping: AtomicBool,
 }
 
@@ -80,12 +84,47 @@ pub struct FirstContainer<'a> {
     pub guest_rootfs: &'a Path,
     /// The VM's size, from the config and this container's spec.
     pub size: VmSize,
+    /// The pod's network namespace on the host (the spec's, before it was rewritten).
+    pub netns: Option<PathBuf>,
+    /// The pod's hostname (the spec's).
+    pub hostname: Option<String>,
+    /// The host file bound on the container's `/etc/resolv.conf`, whose DNS settings the
+    /// guest gets.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Sandbox {
-    /// Boots the VM of pod `sid` (its directories made by [`prepare_dirs`]), connects to the
-    /// agent and sets the sandbox up. On failure the VM is stopped again.
+    /// Boots the VM of pod `sid` (its directories made by [`prepare_dirs`]), with a NIC per
+    /// interface of its network namespace, connects to the agent and sets the sandbox and its
+    /// network up. On failure the VM is stopped and the network removed again.
     pub async fn boot(config: &Config, sid: &str, first: FirstContainer<'_>) -> Result<Self> {
+        let mut network = match &first.netns {
+            Some(path) => Some(PodNetwork::attach_path(path).await?),
+            None => None,
+        };
+        let booted = Self::boot_with(config, sid, first, &mut network).await;
+        match booted {
+            Ok(mut s) => {
+                s.network = tokio::sync::Mutex::new(network);
+                Ok(s)
+            }
+            Err(e) => {
+                if let Some(n) = network.as_mut() {
+                    if let Err(d) = n.detach().await {
+                        log::error!("pod {sid}: removing the network after a failed boot: {d}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot_with(
+        config: &Config,
+        sid: &str,
+        first: FirstContainer<'_>,
+        network: &mut Option<PodNetwork>,
+    ) -> Result<Self> {
         let dir = state_dir(sid);
         let mut vm = VmConfig {
             kernel: config.kernel.clone(),
@@ -107,6 +146,14 @@ impl Sandbox {
             fs: Vec::new(),
             block: Vec::new(),
             rng: true,
+            net: network
+                .iter()
+                .flat_map(PodNetwork::vm_nics)
+                .map(|n| Net {
+                    tap_fd: n.tap_fd,
+                    mac: n.mac,
+                })
+                .collect(),
         };
         let mut guest_mounts = Vec::new();
         match config.share {
@@ -155,11 +202,18 @@ impl Sandbox {
                 )));
             }
         };
-        let req = CreateSandboxRequest {
+        let mut req = CreateSandboxRequest {
             sandbox_id: sid.to_string(),
+            hostname: first.hostname.clone().unwrap_or_default(),
             mounts: guest_mounts,
             ..Default::default()
         };
+        if let Some(path) = &first.resolv_conf {
+            match std::fs::read_to_string(path) {
+                Ok(text) => network::dns_from_resolv_conf(&text, &mut req),
+                Err(e) => log::warn!("pod {sid}: reading {}: {e}", path.display()),
+            }
+        }
         if let Err(e) = agent
             .create_sandbox(ctx_timeout(Duration::from_secs(30)), &req)
             .await
@@ -167,12 +221,19 @@ impl Sandbox {
             vmm.stop(Duration::ZERO).await;
             return Err(ShimError::agent("CreateSandbox", e));
         }
+        if let Some(n) = network.as_ref() {
+            if let Err(e) = n.configure_guest(&agent).await {
+                vmm.stop(Duration::ZERO).await;
+                return Err(e.into());
+            }
+        }
         Ok(Self {
             id: sid.to_string(),
             dir,
             share: config.share,
             vmm,
             agent,
+            network: tokio::sync::Mutex::new(None),
             stopping: AtomicBool::new(false),
         })
     }
@@ -216,7 +277,12 @@ impl Sandbox {
             }
         }
         self.vmm.stop(Duration::from_secs(5)).await;
-        cleanup_dir(&self.dir)
+        let detached = match self.network.lock().await.as_mut() {
+            Some(n) => n.detach().await.map_err(ShimError::from),
+            None => Ok(()),
+        };
+        let cleaned = cleanup_dir(&self.dir);
+        detached.and(cleaned)
     }
 }
 

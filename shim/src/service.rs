@@ -270,6 +270,10 @@ impl Service {
         let guest_rootfs = spec::guest_rootfs(id);
 
         let mut booted: Option<Arc<Sandbox>> = None;
+        // Read before `for_guest` drops host namespace paths from the spec.
+        let netns = crate::network::netns_path(&oci);
+        let hostname = oci.hostname().clone().filter(|h| !h.is_empty());
+        let resolv_conf = crate::network::resolv_conf_source(&oci);
         let result: Result<Arc<Proc>> = async {
             let size = sizing::vm_size(&self.config, &oci)?;
             mounts::mount_rootfs(&req.rootfs, bundle, &host_rootfs).await?;
@@ -285,6 +289,9 @@ impl Service {
                         host_rootfs: &host_rootfs,
                         guest_rootfs: &guest_rootfs,
                         size,
+                        netns: netns.clone(),
+                        hostname: hostname.clone(),
+                        resolv_conf: resolv_conf.clone(),
                     };
                     let s = Arc::new(Sandbox::boot(&self.config, &sid, first).await?);
                     booted = Some(s.clone());

@@ -1,6 +1,7 @@
 //! The pod's `carapace-vmm` child: its JSON configuration (the VMM's `--config` format),
 //! starting it, watching its exit, and stopping it (SIGTERM, then SIGKILL).
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -44,6 +45,18 @@ pub struct VmConfig {
     pub block: Vec<Block>,
     /// A virtio-rng device (the guest's entropy for container workloads).
     pub rng: bool,
+    /// virtio-net devices, each on a tap the VMM inherits (the pod's network).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<Net>,
+}
+
+/// One virtio-net device on an inherited tap descriptor.
+#[derive(Debug, Serialize)]
+pub struct Net {
+    /// The tap's descriptor in the VMM (the same number as in the shim: it is inherited).
+    pub tap_fd: RawFd,
+    /// The guest's MAC address.
+    pub mac: String,
 }
 
 /// The serial console's destination.
@@ -108,7 +121,9 @@ pub struct Vmm {
 
 impl Vmm {
     /// Writes `config` to `config_path` and starts `binary --config config_path`, its output
-    /// appended to `log`. A task owns the child and records its exit status.
+    /// appended to `log`, inheriting the descriptors `config.net` names (the shim's are
+    /// close-on-exec, so no other child gets them). A task owns the child and records its exit
+    /// status.
     pub async fn start(
         binary: &Path,
         config: &VmConfig,
@@ -127,13 +142,30 @@ impl Vmm {
         let log_err = log_file
             .try_clone()
             .map_err(|e| ShimError::io("duplicating the VMM log", e))?;
-        let mut child: Child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        command
             .arg("--config")
             .arg(config_path)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
-            .kill_on_drop(false)
+            .kill_on_drop(false);
+        let inherit: Vec<RawFd> = config.net.iter().map(|n| n.tap_fd).collect();
+        if !inherit.is_empty() {
+            // SAFETY: the closure runs in the forked child before exec and only calls fcntl(2),
+            // which is async-signal-safe, on descriptors the parent keeps open across the spawn.
+            unsafe {
+                command.pre_exec(move || {
+                    for &fd in &inherit {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child: Child = command
             .spawn()
             .map_err(|e| ShimError::io(format!("starting {}", binary.display()), e))?;
         let pid = child
@@ -225,6 +257,10 @@ mod tests {
             fs: vec![FsShare::pod_share(Path::new("/run/carapace/p/shared"))],
             block: vec![],
             rng: true,
+            net: vec![Net {
+                tap_fd: 5,
+                mac: "02:00:00:00:00:01".into(),
+            }],
         };
         let v: serde_json::Value = serde_json::to_value(&c).unwrap();
         assert_eq!(v["serial"]["file"], "/s");
@@ -233,5 +269,7 @@ mod tests {
         assert_eq!(v["fs"][0]["path"], "/run/carapace/p/shared");
         assert_eq!(v["fs"][0]["cache"], "never");
         assert!(v.get("block").is_none(), "empty lists are left out");
+        assert_eq!(v["net"][0]["tap_fd"], 5);
+        assert_eq!(v["net"][0]["mac"], "02:00:00:00:00:01");
     }
 }

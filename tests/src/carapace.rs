@@ -60,7 +60,9 @@ impl Carapace {
     }
 
     /// What carapace left on the host while containerd still runs: VMM processes, shims of
-    /// this containerd, state directories and mounts under [`STATE_ROOT`]. Polls up to 10 s
+    /// this containerd, state directories and mounts under [`STATE_ROOT`], and taps
+    /// (`*_carapace`) or ingress qdiscs in the host's or a named (`/var/run/netns`) network
+    /// namespace. Polls up to 10 s
     /// (a shim exits shortly after its Shutdown); empty when nothing leaked.
     pub fn leftovers(&self) -> Vec<String> {
         let socket = self.socket().to_string_lossy().into_owned();
@@ -96,6 +98,38 @@ fn leftovers_now(containerd_socket: &str) -> Vec<String> {
     }
     for m in mounts_under(Path::new(STATE_ROOT)) {
         found.push(format!("mount {}", m.display()));
+    }
+    found.extend(network_leftovers());
+    found
+}
+
+/// Taps and ingress qdiscs in the host's network namespace and the named ones.
+fn network_leftovers() -> Vec<String> {
+    let mut namespaces = vec![None];
+    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+        namespaces.extend(entries.flatten().map(|e| Some(e.file_name())));
+    }
+    let mut found = Vec::new();
+    for ns in namespaces {
+        let run = |cmd: &str, args: &[&str]| {
+            let mut c = std::process::Command::new(cmd);
+            if let Some(n) = &ns {
+                c.arg("-n").arg(n);
+            }
+            c.args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let name = ns.as_ref().map_or("host".into(), |n| n.to_string_lossy());
+        for l in run("ip", &["-o", "link", "show"]).lines() {
+            if l.contains("_carapace") {
+                found.push(format!("tap in netns {name}: {l}"));
+            }
+        }
+        for l in run("tc", &["qdisc", "show", "ingress"]).lines() {
+            found.push(format!("ingress qdisc in netns {name}: {l}"));
+        }
     }
     found
 }

@@ -1,0 +1,530 @@
+//! The pod's network: for every interface the CNI plugins put in the pod's network namespace
+//! (a veth, other than `lo`) a tap beside it in the same namespace, joined to it by tc ingress
+//! `mirred egress redirect` filters both ways, handed to carapace-vmm as a virtio-net device with
+//! the veth's MAC; then the veth's addresses, routes and static neighbours sent to the agent,
+//! which gives them to the guest's NIC; and teardown of all of that.
+//!
+//! Choices, and why:
+//! - The VMM gets each tap as an inherited file descriptor, opened by the shim from a thread that
+//!   joined the pod's namespace (a tap lives in the namespace of whoever opened `/dev/net/tun`).
+//!   The VMM itself stays in the host's namespace: it needs nothing else there, its sockets are
+//!   paths, and it keeps no way to reach the pod's namespace at all.
+//! - The tap is not persistent: the shim holds one descriptor until teardown and the VMM the
+//!   other, so even if both die without cleaning up, the kernel removes the tap and its qdisc.
+//!   The veth's ingress qdisc, which would outlive them, is removed by [`PodNetwork::detach`].
+//! - The veth keeps its addresses (as Kata's tc-filter mode does): with every frame arriving on
+//!   it redirected to the tap before the namespace's IP stack sees it, they do no harm there, and
+//!   CNI's DEL and CHECK find the veth as they made it.
+//! - Everything goes over rtnetlink (links, addresses, routes, neighbours, qdiscs, and u32
+//!   filters with a mirred action, which the `rtnetlink` crate builds); opening the tap is one
+//!   `TUNSETIFF` ioctl, written by hand as no well-kept crate wraps it for a foreign namespace.
+//! - The kernel side is behind [`Netns`]; the real one is [`Netlink`], and the logic (which
+//!   links, what the guest gets, rolling back a half-made set-up) is tested with a fake.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use carapace_protocol::agent::{
+    AddArpNeighborsRequest, CreateSandboxRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+};
+use carapace_protocol::agent_ttrpc::AgentServiceClient;
+use carapace_protocol::types::{ArpNeighbor, Interface, IpAddress, Route};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::agent::ctx_timeout;
+use crate::error::ShimError;
+
+mod netlink;
+pub use netlink::Netlink;
+
+/// Deadline of each network RPC to the agent.
+const RPC: Duration = Duration::from_secs(30);
+/// Routing table `main`.
+const RT_TABLE_MAIN: u32 = 254;
+/// `RTPROT_KERNEL`: routes the kernel made for an address (the guest's kernel makes its own).
+const RTPROT_KERNEL: u8 = 2;
+/// `RTN_UNICAST`.
+const RTN_UNICAST: u8 = 1;
+/// `NUD_PERMANENT`: a static neighbour entry.
+const NUD_PERMANENT: u16 = 0x80;
+
+/// Why the pod's network could not be set up or torn down.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The spec names a network namespace that cannot be opened or joined.
+    #[error("the pod's network namespace {path} cannot be used")]
+    Namespace {
+        /// The namespace path from the spec.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The namespace holds nothing to give the guest.
+    #[error("the pod's network namespace {0} has no interface other than lo (is the CNI set-up missing?)")]
+    NoInterface(PathBuf),
+    /// A tap could not be made.
+    #[error("creating tap {name}")]
+    Tap {
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A netlink request was refused.
+    #[error("{what}: {message}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The kernel's (or rtnetlink's) words.
+        message: String,
+    },
+    /// The agent refused the guest's configuration.
+    #[error("configuring the guest's network")]
+    Agent(#[source] Box<ShimError>),
+}
+
+impl NetworkError {
+    /// Whether the request itself is at fault (a bad namespace), not the host.
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(self, Self::Namespace { .. } | Self::NoInterface(_))
+    }
+}
+
+type Result<T> = std::result::Result<T, NetworkError>;
+
+/// An address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The address.
+    pub addr: IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A link of the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Its index.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Its link-layer address.
+    pub mac: Vec<u8>,
+    /// Its MTU.
+    pub mtu: u32,
+    /// IFF_LOOPBACK.
+    pub loopback: bool,
+}
+
+/// A route of the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Routing table.
+    pub table: u32,
+    /// RTPROT_*.
+    pub protocol: u8,
+    /// RTN_*.
+    pub kind: u8,
+    /// Destination; `None` is the default route.
+    pub dest: Option<Cidr>,
+    /// Gateway.
+    pub gateway: Option<IpAddr>,
+    /// Output interface.
+    pub oif: Option<u32>,
+    /// Preferred source.
+    pub source: Option<IpAddr>,
+    /// RT_SCOPE_*.
+    pub scope: u8,
+}
+
+/// A neighbour entry of the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The link it is on.
+    pub index: u32,
+    /// Its IP address.
+    pub ip: Option<IpAddr>,
+    /// Its link-layer address.
+    pub mac: Vec<u8>,
+    /// NUD_* state.
+    pub state: u16,
+}
+
+/// The kernel side: one network namespace, as the set-up needs it.
+#[async_trait]
+pub trait Netns: Send + Sync {
+    /// Every link.
+    async fn links(&self) -> Result<Vec<Link>>;
+    /// The addresses of one link.
+    async fn addresses(&self, index: u32) -> Result<Vec<Cidr>>;
+    /// Every route (IPv4 and IPv6).
+    async fn routes(&self) -> Result<Vec<RouteEntry>>;
+    /// Every neighbour entry.
+    async fn neighbours(&self) -> Result<Vec<Neighbour>>;
+    /// Creates the tap `name` (tap, no packet information, virtio-net header) with `mtu` and
+    /// brings it up; returns its descriptor (close-on-exec) and index.
+    async fn create_tap(&self, name: &str, mtu: u32) -> Result<(OwnedFd, u32)>;
+    /// Removes a link; gone already is fine.
+    async fn delete_link(&self, index: u32) -> Result<()>;
+    /// Adds an ingress qdisc to `from` and a filter redirecting every frame it receives to the
+    /// egress of `to`.
+    async fn redirect(&self, from: u32, to: u32) -> Result<()>;
+    /// Removes the ingress qdisc of a link, and so its filters; none there is fine.
+    async fn remove_ingress(&self, index: u32) -> Result<()>;
+}
+
+/// The network namespace path of a spec, if it names one (the CRI's pod netns, `ctr run
+/// --with-ns network:PATH`).
+pub fn netns_path(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)
+        .and_then(|n| n.path().clone())
+}
+
+/// The name of the pod's `i`-th tap (under IFNAMSIZ for any realistic count).
+pub fn tap_name(i: usize) -> String {
+    format!("tap{i}_carapace")
+}
+
+fn is_our_tap(name: &str) -> bool {
+    name.starts_with("tap") && name.ends_with("_carapace")
+}
+
+/// The links that get a NIC in the guest: not loopback, not one of our taps, with an Ethernet
+/// address (tunnels and such have none a virtio-net device could take), in index order.
+pub fn guest_links(links: &[Link]) -> Vec<Link> {
+    let mut chosen: Vec<Link> = links
+        .iter()
+        .filter(|l| !l.loopback && !is_our_tap(&l.name) && l.mac.len() == 6)
+        .filter(|l| l.mac.iter().any(|&b| b != 0))
+        .cloned()
+        .collect();
+    chosen.sort_by_key(|l| l.index);
+    chosen
+}
+
+/// Lower-case colon-separated hex.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn is_ipv6_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// The guest's interface for a link: same name, MAC and MTU, its addresses but IPv6 link-local
+/// ones (the guest's kernel makes its own).
+pub fn interface_for(link: &Link, addresses: &[Cidr]) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        hw_addr: format_mac(&link.mac),
+        mtu: link.mtu,
+        addresses: addresses
+            .iter()
+            .filter(|c| !is_ipv6_link_local(c.addr))
+            .map(|c| IpAddress {
+                address: c.addr.to_string(),
+                prefix_len: u32::from(c.prefix),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The routes the guest gets: unicast routes of the main table through one of `links` that the
+/// kernel did not make itself for an address (the guest's kernel makes those when the agent
+/// adds the address), IPv6 link-local destinations left out. Link routes come first so that a
+/// gateway is reachable when the route through it is added.
+pub fn routes_for(routes: &[RouteEntry], links: &[Link]) -> Vec<Route> {
+    let mut out: Vec<(bool, Route)> = Vec::new();
+    for r in routes {
+        let Some(link) = r.oif.and_then(|i| links.iter().find(|l| l.index == i)) else {
+            continue;
+        };
+        if r.table != RT_TABLE_MAIN
+            || r.kind != RTN_UNICAST
+            || r.protocol == RTPROT_KERNEL
+            || r.dest.is_some_and(|d| is_ipv6_link_local(d.addr))
+        {
+            continue;
+        }
+        let route = Route {
+            dest: r
+                .dest
+                .filter(|d| d.prefix != 0)
+                .map_or_else(|| "default".into(), |d| d.to_string()),
+            gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            device: link.name.clone(),
+            source: r.source.map(|s| s.to_string()).unwrap_or_default(),
+            scope: u32::from(r.scope),
+            ..Default::default()
+        };
+        out.push((r.gateway.is_some(), route));
+    }
+    out.sort_by_key(|(via_gateway, _)| *via_gateway);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The static (NUD_PERMANENT) neighbour entries on `links`: dynamic ones the guest learns.
+pub fn neighbours_for(neighbours: &[Neighbour], links: &[Link]) -> Vec<ArpNeighbor> {
+    neighbours
+        .iter()
+        .filter(|n| n.state & NUD_PERMANENT != 0 && n.mac.len() == 6)
+        .filter_map(|n| {
+            let link = links.iter().find(|l| l.index == n.index)?;
+            Some(ArpNeighbor {
+                ip_address: n.ip?.to_string(),
+                device: link.name.clone(),
+                ll_addr: format_mac(&n.mac),
+                state: 0,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The source of the container's `/etc/resolv.conf` bind mount, if it has one (the CRI's).
+pub fn resolv_conf_source(spec: &Spec) -> Option<PathBuf> {
+    spec.mounts()
+        .as_ref()?
+        .iter()
+        .find(|m| m.destination() == Path::new("/etc/resolv.conf"))
+        .and_then(|m| m.source().clone())
+}
+
+/// Fills the DNS fields of CreateSandbox from resolv.conf text (`nameserver`, `search`,
+/// `domain`, `options`; comments and anything else ignored).
+pub fn dns_from_resolv_conf(text: &str, req: &mut CreateSandboxRequest) {
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => req.dns_servers.extend(words.next().map(String::from)),
+            Some("search") | Some("domain") => {
+                req.dns_searches = words.map(String::from).collect();
+            }
+            Some("options") => req.dns_options.extend(words.map(String::from)),
+            _ => {}
+        }
+    }
+}
+
+/// One guest NIC and what makes it on the host.
+struct Nic {
+    /// The veth (or other CNI link) it stands for.
+    link: Link,
+    /// The tap's name and index.
+    tap: String,
+    tap_index: u32,
+    /// The shim's descriptor of the tap (the VMM inherits it).
+    tap_fd: Option<OwnedFd>,
+    /// Which of the two redirects exist.
+    link_redirect: bool,
+    tap_redirect: bool,
+}
+
+/// A virtio-net device for the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNic {
+    /// The tap's descriptor, to be inherited by the VMM.
+    pub tap_fd: RawFd,
+    /// The guest's MAC.
+    pub mac: String,
+}
+
+/// The pod's network as set up on the host, and what the guest is to get.
+pub struct PodNetwork {
+    path: PathBuf,
+    ns: Box<dyn Netns>,
+    nics: Vec<Nic>,
+    interfaces: Vec<Interface>,
+    routes: Vec<Route>,
+    neighbours: Vec<ArpNeighbor>,
+}
+
+impl PodNetwork {
+    /// Opens the namespace at `path` and sets up one tap per interface.
+    pub async fn attach_path(path: &Path) -> Result<Self> {
+        let ns = Netlink::open(path).await?;
+        Self::attach(path, Box::new(ns)).await
+    }
+
+    /// Sets up one tap per guest link of `ns` and reads what the guest gets. On failure,
+    /// whatever was made is removed again.
+    pub async fn attach(path: &Path, ns: Box<dyn Netns>) -> Result<Self> {
+        let mut net = Self {
+            path: path.to_path_buf(),
+            ns,
+            nics: Vec::new(),
+            interfaces: Vec::new(),
+            routes: Vec::new(),
+            neighbours: Vec::new(),
+        };
+        match net.set_up().await {
+            Ok(()) => Ok(net),
+            Err(e) => {
+                if let Err(d) = net.detach().await {
+                    log::error!("removing a half-made pod network: {d}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up(&mut self) -> Result<()> {
+        let links = guest_links(&self.ns.links().await?);
+        if links.is_empty() {
+            return Err(NetworkError::NoInterface(self.path.clone()));
+        }
+        for (i, link) in links.iter().enumerate() {
+            let name = tap_name(i);
+            let (fd, index) = self.ns.create_tap(&name, link.mtu).await?;
+            self.nics.push(Nic {
+                link: link.clone(),
+                tap: name,
+                tap_index: index,
+                tap_fd: Some(fd),
+                link_redirect: false,
+                tap_redirect: false,
+            });
+            let nic = self.nics.last_mut().expect("just pushed");
+            self.ns.redirect(link.index, index).await?;
+            nic.link_redirect = true;
+            self.ns.redirect(index, link.index).await?;
+            nic.tap_redirect = true;
+            let addresses = self.ns.addresses(link.index).await?;
+            self.interfaces.push(interface_for(link, &addresses));
+            log::info!(
+                "pod network: {} ({}) joined to {} in {}",
+                link.name,
+                format_mac(&link.mac),
+                nic.tap,
+                self.path.display()
+            );
+        }
+        self.routes = routes_for(&self.ns.routes().await?, &links);
+        self.neighbours = neighbours_for(&self.ns.neighbours().await?, &links);
+        Ok(())
+    }
+
+    /// The VMM's virtio-net devices, in the order of the interfaces.
+    pub fn vm_nics(&self) -> Vec<VmNic> {
+        self.nics
+            .iter()
+            .filter_map(|n| {
+                Some(VmNic {
+                    tap_fd: n.tap_fd.as_ref()?.as_raw_fd(),
+                    mac: format_mac(&n.link.mac),
+                })
+            })
+            .collect()
+    }
+
+    /// The interfaces the guest gets.
+    #[cfg(test)]
+    pub fn interfaces(&self) -> &[Interface] {
+        &self.interfaces
+    }
+
+    /// The routes the guest gets.
+    #[cfg(test)]
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The neighbour entries the guest gets.
+    #[cfg(test)]
+    pub fn neighbours(&self) -> &[ArpNeighbor] {
+        &self.neighbours
+    }
+
+    /// Configures the guest through the agent: each interface (found by its MAC), then the
+    /// routes, then static neighbours.
+    pub async fn configure_guest(&self, agent: &AgentServiceClient) -> Result<()> {
+        let agent_err = |what, e| NetworkError::Agent(Box::new(ShimError::agent(what, e)));
+        for i in &self.interfaces {
+            let req = UpdateInterfaceRequest {
+                interface: Some(i.clone()).into(),
+                ..Default::default()
+            };
+            agent
+                .update_interface(ctx_timeout(RPC), &req)
+                .await
+                .map_err(|e| agent_err("UpdateInterface", e))?;
+        }
+        if !self.routes.is_empty() {
+            let req = UpdateRoutesRequest {
+                routes: self.routes.clone(),
+                ..Default::default()
+            };
+            agent
+                .update_routes(ctx_timeout(RPC), &req)
+                .await
+                .map_err(|e| agent_err("UpdateRoutes", e))?;
+        }
+        if !self.neighbours.is_empty() {
+            let req = AddArpNeighborsRequest {
+                neighbors: self.neighbours.clone(),
+                ..Default::default()
+            };
+            agent
+                .add_arp_neighbors(ctx_timeout(RPC), &req)
+                .await
+                .map_err(|e| agent_err("AddArpNeighbors", e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the redirects and taps (each step tried even when an earlier one failed);
+    /// returns the first failure. Doing it twice is harmless.
+    pub async fn detach(&mut self) -> Result<()> {
+        let mut first = None;
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r {
+                log::warn!("pod network teardown: {e}");
+                first.get_or_insert(e);
+            }
+        };
+        for nic in self.nics.iter_mut().rev() {
+            if nic.link_redirect {
+                keep(self.ns.remove_ingress(nic.link.index).await);
+                nic.link_redirect = false;
+            }
+            if nic.tap_redirect {
+                keep(self.ns.remove_ingress(nic.tap_index).await);
+                nic.tap_redirect = false;
+            }
+            if nic.tap_fd.is_some() {
+                keep(self.ns.delete_link(nic.tap_index).await);
+                nic.tap_fd = None;
+            }
+        }
+        self.nics.clear();
+        match first {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+//! The pod network's logic against a fake namespace: which links get a NIC, what the guest
+//! gets, and that a failure half-way leaves nothing behind.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use oci_spec::runtime::{LinuxNamespaceBuilder, MountBuilder};
+
+use super::*;
+
+const VETH_MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0x58, 0x00, 0x02];
+
+fn link(index: u32, name: &str, mac: &[u8]) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        mac: mac.to_vec(),
+        mtu: 1450,
+        loopback: name == "lo",
+    }
+}
+
+fn cidr(s: &str) -> Cidr {
+    let (a, p) = s.split_once('/').unwrap();
+    Cidr {
+        addr: a.parse().unwrap(),
+        prefix: p.parse().unwrap(),
+    }
+}
+
+/// A namespace in memory: records what exists, fails the `fail_at`-th change.
+#[derive(Default)]
+struct Fake {
+    links: Vec<Link>,
+    fail_at: Option<usize>,
+    state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    changes: usize,
+    taps: BTreeSet<u32>,
+    ingress: BTreeSet<u32>,
+    redirects: Vec<(u32, u32)>,
+}
+
+impl Fake {
+    fn change(&self) -> Result<std::sync::MutexGuard<'_, FakeState>> {
+        let mut s = self.state.lock().unwrap();
+        s.changes += 1;
+        if Some(s.changes) == self.fail_at {
+            return Err(NetworkError::Netlink {
+                what: "a change".into(),
+                message: "refused".into(),
+            });
+        }
+        Ok(s)
+    }
+}
+
+#[async_trait]
+impl Netns for std::sync::Arc<Fake> {
+    async fn links(&self) -> Result<Vec<Link>> {
+        Ok(self.links.clone())
+    }
+    async fn addresses(&self, index: u32) -> Result<Vec<Cidr>> {
+        Ok(if index == 2 {
+            vec![cidr("10.88.0.2/16"), cidr("fe80::42:aff:fe58:2/64")]
+        } else {
+            vec![]
+        })
+    }
+    async fn routes(&self) -> Result<Vec<RouteEntry>> {
+        Ok(vec![
+            RouteEntry {
+                table: RT_TABLE_MAIN,
+                protocol: 3,
+                kind: RTN_UNICAST,
+                gateway: Some("10.88.0.1".parse().unwrap()),
+                oif: Some(2),
+                ..Default::default()
+            },
+            RouteEntry {
+                table: RT_TABLE_MAIN,
+                protocol: RTPROT_KERNEL,
+                kind: RTN_UNICAST,
+                dest: Some(cidr("10.88.0.0/16")),
+                oif: Some(2),
+                scope: 253,
+                ..Default::default()
+            },
+        ])
+    }
+    async fn neighbours(&self) -> Result<Vec<Neighbour>> {
+        Ok(vec![
+            Neighbour {
+                index: 2,
+                ip: Some("10.88.0.1".parse().unwrap()),
+                mac: vec![2, 0, 0, 0, 0, 1],
+                state: NUD_PERMANENT,
+            },
+            Neighbour {
+                index: 2,
+                ip: Some("10.88.0.7".parse().unwrap()),
+                mac: vec![2, 0, 0, 0, 0, 7],
+                state: 0x02,
+            },
+        ])
+    }
+    async fn create_tap(&self, _name: &str, _mtu: u32) -> Result<(OwnedFd, u32)> {
+        let mut s = self.change()?;
+        let index = 100 + s.taps.len() as u32;
+        s.taps.insert(index);
+        let fd = File::open("/dev/null").unwrap().into();
+        Ok((fd, index))
+    }
+    async fn delete_link(&self, index: u32) -> Result<()> {
+        self.state.lock().unwrap().taps.remove(&index);
+        Ok(())
+    }
+    async fn redirect(&self, from: u32, to: u32) -> Result<()> {
+        let mut s = self.change()?;
+        s.ingress.insert(from);
+        s.redirects.push((from, to));
+        Ok(())
+    }
+    async fn remove_ingress(&self, index: u32) -> Result<()> {
+        let mut s = self.state.lock().unwrap();
+        s.ingress.remove(&index);
+        s.redirects.retain(|(f, _)| *f != index);
+        Ok(())
+    }
+}
+
+fn pod_links() -> Vec<Link> {
+    vec![link(1, "lo", &[0; 6]), link(2, "eth0", &VETH_MAC)]
+}
+
+#[tokio::test]
+async fn a_veth_gets_a_tap_redirects_both_ways_and_the_guest_its_config() {
+    let fake = Arc::new(Fake {
+        links: pod_links(),
+        ..Default::default()
+    });
+    let mut net = PodNetwork::attach(Path::new("/ns"), Box::new(fake.clone()))
+        .await
+        .unwrap();
+    {
+        let s = fake.state.lock().unwrap();
+        assert_eq!(s.taps, BTreeSet::from([100]));
+        assert_eq!(s.redirects, vec![(2, 100), (100, 2)]);
+    }
+    let nics = net.vm_nics();
+    assert_eq!(nics.len(), 1);
+    assert_eq!(nics[0].mac, "02:42:0a:58:00:02");
+    let i = &net.interfaces()[0];
+    assert_eq!(
+        (i.name.as_str(), i.hw_addr.as_str(), i.mtu),
+        ("eth0", "02:42:0a:58:00:02", 1450)
+    );
+    let addrs: Vec<_> = i
+        .addresses
+        .iter()
+        .map(|a| (a.address.as_str(), a.prefix_len))
+        .collect();
+    assert_eq!(addrs, vec![("10.88.0.2", 16)], "link-local left out");
+    let routes: Vec<_> = net
+        .routes()
+        .iter()
+        .map(|r| (r.dest.as_str(), r.gateway.as_str(), r.device.as_str()))
+        .collect();
+    assert_eq!(
+        routes,
+        vec![("default", "10.88.0.1", "eth0")],
+        "kernel routes left out"
+    );
+    let n = net.neighbours();
+    assert_eq!(n.len(), 1, "only static entries");
+    assert_eq!(
+        (
+            n[0].ip_address.as_str(),
+            n[0].ll_addr.as_str(),
+            n[0].device.as_str()
+        ),
+        ("10.88.0.1", "02:00:00:00:00:01", "eth0")
+    );
+
+    net.detach().await.unwrap();
+    {
+        let s = fake.state.lock().unwrap();
+        assert!(s.taps.is_empty() && s.ingress.is_empty() && s.redirects.is_empty());
+    }
+    net.detach().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_half_way_leaves_nothing() {
+    for fail_at in 1..=3 {
+        let fake = Arc::new(Fake {
+            links: pod_links(),
+            fail_at: Some(fail_at),
+            ..Default::default()
+        });
+        let err = PodNetwork::attach(Path::new("/ns"), Box::new(fake.clone()))
+            .await
+            .err()
+            .expect("the set-up fails");
+        assert!(matches!(err, NetworkError::Netlink { .. }), "{err}");
+        let s = fake.state.lock().unwrap();
+        assert!(s.taps.is_empty(), "step {fail_at}: taps {:?}", s.taps);
+        assert!(
+            s.ingress.is_empty(),
+            "step {fail_at}: qdiscs {:?}",
+            s.ingress
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_with_only_lo_is_refused_by_name() {
+    let fake = Arc::new(Fake {
+        links: vec![link(1, "lo", &[0; 6])],
+        ..Default::default()
+    });
+    let err = PodNetwork::attach(Path::new("/var/run/netns/empty"), Box::new(fake.clone()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.is_invalid_argument());
+    assert!(err.to_string().contains("/var/run/netns/empty"), "{err}");
+    assert_eq!(fake.state.lock().unwrap().changes, 0);
+}
+
+#[tokio::test]
+async fn a_missing_namespace_is_refused_by_name() {
+    let err = PodNetwork::attach_path(Path::new("/nonexistent/netns"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.is_invalid_argument());
+    assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
+}
+
+#[test]
+fn links_for_the_guest() {
+    let links = vec![
+        link(3, "eth1", &[2, 0, 0, 0, 0, 3]),
+        link(1, "lo", &[0; 6]),
+        link(2, "eth0", &VETH_MAC),
+        link(4, "tap0_carapace", &[2, 0, 0, 0, 0, 4]),
+        link(5, "tunl0", &[0, 0, 0, 0]),
+    ];
+    let names: Vec<_> = guest_links(&links).into_iter().map(|l| l.name).collect();
+    assert_eq!(names, vec!["eth0", "eth1"]);
+    assert_eq!(tap_name(0), "tap0_carapace");
+    assert!(tap_name(99).len() < libc::IFNAMSIZ);
+}
+
+#[test]
+fn link_routes_come_before_gateway_routes() {
+    let links = vec![link(2, "eth0", &VETH_MAC)];
+    let r = |dest: Option<&str>, gw: Option<&str>, table, protocol| RouteEntry {
+        table,
+        protocol,
+        kind: RTN_UNICAST,
+        dest: dest.map(cidr),
+        gateway: gw.map(|g| g.parse().unwrap()),
+        oif: Some(2),
+        ..Default::default()
+    };
+    let routes = routes_for(
+        &[
+            r(None, Some("10.0.0.1"), RT_TABLE_MAIN, 4),
+            r(Some("10.0.0.1/32"), None, RT_TABLE_MAIN, 4),
+            r(Some("10.9.0.0/16"), None, 255, 4),
+            r(Some("fe80::/64"), None, RT_TABLE_MAIN, 4),
+            RouteEntry {
+                oif: Some(9),
+                ..r(Some("10.8.0.0/16"), None, RT_TABLE_MAIN, 4)
+            },
+        ],
+        &links,
+    );
+    let got: Vec<_> = routes
+        .iter()
+        .map(|r| (r.dest.as_str(), r.gateway.as_str()))
+        .collect();
+    assert_eq!(got, vec![("10.0.0.1/32", ""), ("default", "10.0.0.1")]);
+}
+
+#[test]
+fn netns_path_and_resolv_conf_come_from_the_spec() {
+    let mut spec = Spec::default();
+    assert_eq!(
+        netns_path(&spec),
+        None,
+        "the default spec has a new netns, no path"
+    );
+    let mut linux = spec.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    ns.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path("/var/run/netns/pod")
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    spec.set_linux(Some(linux));
+    assert_eq!(netns_path(&spec), Some(PathBuf::from("/var/run/netns/pod")));
+
+    assert_eq!(resolv_conf_source(&spec), None);
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/etc/resolv.conf")
+            .typ("bind")
+            .source("/var/lib/pod/resolv.conf")
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    assert_eq!(
+        resolv_conf_source(&spec),
+        Some(PathBuf::from("/var/lib/pod/resolv.conf"))
+    );
+}
+
+#[test]
+fn resolv_conf_is_parsed() {
+    let mut req = CreateSandboxRequest::default();
+    dns_from_resolv_conf(
+        "# generated\nnameserver 10.96.0.10\nnameserver  fd00::a \nsearch ns.svc.cluster.local svc.cluster.local\noptions ndots:5 edns0\nbogus line\n",
+        &mut req,
+    );
+    assert_eq!(req.dns_servers, vec!["10.96.0.10", "fd00::a"]);
+    assert_eq!(
+        req.dns_searches,
+        vec!["ns.svc.cluster.local", "svc.cluster.local"]
+    );
+    assert_eq!(req.dns_options, vec!["ndots:5", "edns0"]);
+}

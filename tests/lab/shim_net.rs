@@ -1,0 +1,164 @@
+//! Pod networking through the shim: a network namespace and veth pair made here as a CNI
+//! plugin would (`eth0` with 10.123.0.2/24 and a default route in the pod's namespace, the
+//! peer with 10.123.0.1 on the host), and `ctr run --with-ns network:PATH`: inside the microVM
+//! the container's `eth0` has the veth's address and MAC, the static neighbour and the route,
+//! pings the host side and fetches a page from a listener there (with `nc`: busybox-static's
+//! `wget` crashes in a root with no NSS files, network or not); afterwards no tap, qdisc or
+//! state is left. A namespace that does not exist, or holds only `lo`, is refused by name and
+//! leaves nothing behind.
+//!
+//! `ctr run --cni` is not used: ctr sets CNI up after Create in `/proc/<task pid>/ns/net`,
+//! which for a VM runtime is the VMM's (the host's) namespace. CRI, and `--with-ns`, name the
+//! pod's namespace in the spec, which is what the shim reads.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+use carapace_tests::artifacts::{busybox_image, BUSYBOX_IMAGE};
+use carapace_tests::carapace::{Carapace, RUNTIME};
+use carapace_tests::containerd::Containerd;
+use carapace_tests::lab_test;
+
+const NETNS: &str = "carapace-net-test";
+const EMPTY_NETNS: &str = "carapace-net-empty";
+const HOST_VETH: &str = "cpnet-host";
+const HOST_IP: &str = "10.123.0.1";
+const POD_IP: &str = "10.123.0.2";
+const POD_MAC: &str = "02:42:0a:7b:00:02";
+const NEIGH_IP: &str = "10.123.0.99";
+const NEIGH_MAC: &str = "02:00:00:00:00:99";
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pod's namespace and veth as a CNI bridge-less ptp plugin would leave them; removed
+/// again when dropped.
+struct PodNetns;
+
+/// Removes the test's namespaces and host veth, if there (quietly: usually they are not).
+fn remove_pod_netns() {
+    for args in [
+        &["netns", "del", NETNS][..],
+        &["netns", "del", EMPTY_NETNS],
+        &["link", "del", HOST_VETH],
+    ] {
+        let _ = Command::new("ip")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl PodNetns {
+    fn new() -> Self {
+        remove_pod_netns();
+        sh(&format!(
+            "set -e
+            ip netns add {NETNS}
+            ip netns add {EMPTY_NETNS}
+            ip link add {HOST_VETH} type veth peer name eth0 netns {NETNS}
+            ip addr add {HOST_IP}/24 dev {HOST_VETH}
+            ip link set {HOST_VETH} up
+            ip -n {NETNS} link set lo up
+            ip -n {NETNS} link set eth0 address {POD_MAC} mtu 1400
+            ip -n {NETNS} addr add {POD_IP}/24 dev eth0
+            ip -n {NETNS} link set eth0 up
+            ip -n {NETNS} route add default via {HOST_IP} dev eth0
+            ip -n {NETNS} neigh add {NEIGH_IP} lladdr {NEIGH_MAC} dev eth0 nud permanent"
+        ));
+        PodNetns
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        remove_pod_netns();
+    }
+}
+
+fn explain(c: &Containerd, out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}\n--- containerd log ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    )
+}
+
+fn run_in(c: &Containerd, netns: &str, id: &str, script: &str) -> Output {
+    let ns = format!("network:{netns}");
+    c.ctr_output([
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &ns,
+        BUSYBOX_IMAGE,
+        id,
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+lab_test! {
+    fn a_container_in_a_microvm_reaches_the_host_through_the_pods_veth() {
+        let _ns = PodNetns::new();
+        // A listener on the host side of the veth answering one HTTP request.
+        let listener = TcpListener::bind((HOST_IP, 8123)).expect("bind the host listener");
+        let server = std::thread::spawn(move || {
+            let (mut s, peer) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nhello-from-host\n").unwrap();
+            peer.ip().to_string()
+        });
+
+        let c = Carapace::start();
+        c.import(&busybox_image());
+        let script = format!(
+            "ip -o addr show dev eth0; ip -o link show dev eth0; ip route; ip neigh; \
+             ping -c 1 -W 10 {HOST_IP} && echo PING-OK; \
+             printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 {HOST_IP} 8123"
+        );
+        let out = run_in(&c, &format!("/var/run/netns/{NETNS}"), "net1", &script);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "ctr run failed: {}", explain(&c, &out));
+        println!("{stdout}");
+        assert!(stdout.contains(&format!("inet {POD_IP}/24")), "eth0 has the veth's address: {}", explain(&c, &out));
+        assert!(stdout.contains(POD_MAC) && stdout.contains("mtu 1400"), "eth0 has the veth's MAC and MTU: {}", explain(&c, &out));
+        assert!(stdout.contains(&format!("default via {HOST_IP} dev eth0")), "the default route: {}", explain(&c, &out));
+        assert!(stdout.contains(&format!("{NEIGH_IP} dev eth0 lladdr {NEIGH_MAC}")), "the static neighbour: {}", explain(&c, &out));
+        assert!(stdout.contains("PING-OK"), "ping of the host side: {}", explain(&c, &out));
+        assert!(stdout.contains("hello-from-host"), "TCP to the host side: {}", explain(&c, &out));
+        assert_eq!(server.join().expect("the listener"), POD_IP, "the host sees the pod's address");
+
+        let left = c.leftovers();
+        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        // The veth is as the CNI plugin left it: address kept, no qdisc.
+        let addr = sh(&format!("ip -n {NETNS} -o addr show dev eth0"));
+        assert!(addr.contains(POD_IP), "{addr}");
+
+        // Bad namespaces: refused by name, nothing left.
+        let out = run_in(&c, "/var/run/netns/carapace-no-such-netns", "net2", "true");
+        assert!(!out.status.success(), "a missing netns is refused: {}", explain(&c, &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("carapace-no-such-netns"), "{}", explain(&c, &out));
+        let out = run_in(&c, &format!("/var/run/netns/{EMPTY_NETNS}"), "net3", "true");
+        assert!(!out.status.success(), "a netns with only lo is refused: {}", explain(&c, &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no interface other than lo"), "{}", explain(&c, &out));
+        let _ = c.ctr_output(["containers", "rm", "net2", "net3"]);
+        let left = c.leftovers();
+        assert!(left.is_empty(), "carapace left traces after refusals: {left:?}\n{}", c.log());
+    }
+}
