@@ -10,6 +10,7 @@ mod convert;
 mod error;
 mod events;
 mod mounts;
+mod output;
 mod process;
 mod sandbox;
 mod service;
