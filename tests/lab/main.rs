@@ -6,6 +6,7 @@ mod containerd_runc;
 mod guest_boot;
 mod kvm;
 mod shim_ctr;
+mod shim_logs;
 mod shim_tasks;
 mod vmm_boot;
 mod vmm_devices;
