@@ -54,6 +54,21 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The pids (in the reader's pid namespace) of every process in the cgroup at `path` and its
+/// descendants, ascending, as libcgroups reads them from `cgroup.procs`.
+pub fn pids(path: &str, container: &str) -> Result<Vec<u32>> {
+    let all = manager(path, container)?.get_all_pids().map_err(|e| {
+        AgentError::Internal(format!("listing the processes of cgroup {path}: {e}"))
+    })?;
+    let mut pids: Vec<u32> = all
+        .into_iter()
+        .filter_map(|p| u32::try_from(p.as_raw()).ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
 /// Statistics of the cgroup at `path`, plus the network counters of the pod.
 pub fn stats(path: &str, container: &str) -> Result<StatsContainerResponse> {
     let mut r = if is_unified() {

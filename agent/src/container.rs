@@ -384,6 +384,12 @@ impl Containers {
             .ok_or_else(|| not_found(id))
     }
 
+    /// The pids (in the agent's pid namespace) of every process in the container's cgroup,
+    /// ascending: the init process, its children, execs.
+    pub fn processes(&self, id: &str) -> Result<Vec<u32>> {
+        cgroup::pids(&self.cgroup_path(id)?, id)
+    }
+
     /// Cgroup and network statistics.
     pub fn stats(&self, id: &str) -> Result<carapace_protocol::agent::StatsContainerResponse> {
         cgroup::stats(&self.cgroup_path(id)?, id)

@@ -180,6 +180,7 @@ impl Process {
             _ => ExitStatus {
                 status: 255,
                 signal: 0,
+                at: std::time::SystemTime::now(),
             },
         }
     }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -23,16 +24,19 @@ pub struct ExitStatus {
     pub status: i32,
     /// The killing signal, 0 when the process exited.
     pub signal: u32,
+    /// When the reaper collected it (within a SIGCHLD wake-up of the exit).
+    pub at: SystemTime,
 }
 
 impl ExitStatus {
-    fn from_wait(status: WaitStatus) -> Option<(Pid, Self)> {
+    fn from_wait(status: WaitStatus, at: SystemTime) -> Option<(Pid, Self)> {
         match status {
             WaitStatus::Exited(pid, code) => Some((
                 pid,
                 Self {
                     status: code,
                     signal: 0,
+                    at,
                 },
             )),
             WaitStatus::Signaled(pid, sig, _) => Some((
@@ -40,6 +44,7 @@ impl ExitStatus {
                 Self {
                     status: 128 + sig as i32,
                     signal: sig as u32,
+                    at,
                 },
             )),
             _ => None,
@@ -74,7 +79,7 @@ impl Reaper {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(status) => {
-                    if let Some((pid, exit)) = ExitStatus::from_wait(status) {
+                    if let Some((pid, exit)) = ExitStatus::from_wait(status, SystemTime::now()) {
                         if let Some(tx) = self.lock().remove(&pid) {
                             tracing::debug!(%pid, ?exit, "process exited");
                             tx.send_replace(Some(exit));

@@ -8,6 +8,8 @@ use carapace_protocol::agent::*;
 use carapace_protocol::agent_ttrpc::AgentService;
 use carapace_protocol::types::Interface;
 use protobuf::well_known_types::empty::Empty;
+use protobuf::well_known_types::timestamp::Timestamp;
+use protobuf::MessageField;
 use tokio::sync::{mpsc, Mutex};
 use ttrpc::r#async::TtrpcContext;
 
@@ -276,6 +278,23 @@ impl AgentService for Agent {
         Ok(WaitProcessResponse {
             exit_status: status.status,
             signal: status.signal,
+            exited_at: MessageField::some(Timestamp::from(status.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> TResult<ListProcessesResponse> {
+        tracing::debug!(id = req.container_id, "ListProcesses");
+        let pids = done(
+            "ListProcesses",
+            self.containers.processes(&req.container_id),
+        )?;
+        Ok(ListProcessesResponse {
+            pids,
             ..Default::default()
         })
     }

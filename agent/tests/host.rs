@@ -554,3 +554,92 @@ async fn twenty_cycles_leave_nothing_and_report_create_to_running() {
         ms(times[19])
     );
 }
+
+impl Agent {
+    async fn list(&self, id: &str) -> ttrpc::Result<Vec<u32>> {
+        let req = ListProcessesRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client
+            .list_processes(ctx(), &req)
+            .await
+            .map(|r| r.pids)
+    }
+}
+
+#[tokio::test]
+async fn list_processes_names_every_process_of_the_cgroup() {
+    let Some(a) = Agent::start("ps").await else {
+        return;
+    };
+    a.run(
+        "c1",
+        a.spec(&["sh", "-c", "sleep 1000 & sleep 1000"], |_| {}),
+    )
+    .await;
+    // sh and its two sleeps (busybox sh may exec the last one): at least two processes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pids = loop {
+        let pids = a.list("c1").await.expect("ListProcesses");
+        if pids.len() >= 2 || Instant::now() > deadline {
+            break pids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(pids.len() >= 2, "the container's processes: {pids:?}");
+    assert!(pids.windows(2).all(|w| w[0] < w[1]), "ascending: {pids:?}");
+    // The agent shares the test's pid namespace: the pids are processes running sleep or sh.
+    for pid in &pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            cmdline.contains("sleep") || cmdline.starts_with("sh"),
+            "pid {pid} runs {cmdline:?}"
+        );
+    }
+    a.exec("c1", "e1", &["sleep", "1000"]).await.unwrap();
+    let with_exec = a.list("c1").await.unwrap();
+    assert_eq!(
+        with_exec.len(),
+        pids.len() + 1,
+        "{pids:?} then {with_exec:?}"
+    );
+
+    assert_eq!(code(a.list("nope").await), Code::NOT_FOUND);
+    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
+    a.wait("c1", "").await;
+    a.wait("c1", "e1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.list("c1").await.unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.list("c1").await.unwrap(), Vec::<u32>::new());
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn wait_reports_when_the_process_was_reaped() {
+    let Some(a) = Agent::start("exited-at").await else {
+        return;
+    };
+    let before = std::time::SystemTime::now();
+    a.run("c1", a.spec(&["true"], |_| {})).await;
+    // Wait long after the exit: exited_at is the reaping time, not the time of the wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = a.wait("c1", "").await;
+    let waited = std::time::SystemTime::now();
+    assert_eq!(r.exit_status, 0);
+    let at: std::time::SystemTime = r
+        .exited_at
+        .clone()
+        .into_option()
+        .expect("exited_at is set")
+        .into();
+    assert!(at >= before, "exited {at:?}, started {before:?}");
+    assert!(
+        waited.duration_since(at).unwrap() >= Duration::from_secs(1),
+        "exited {at:?}, waited {waited:?}"
+    );
+    a.remove("c1").await;
+}

@@ -45,7 +45,8 @@ impl From<&ExecProcessRequest> for StdioPaths {
 pub struct Exit {
     /// The exit code, or 128 + the signal number.
     pub status: u32,
-    /// When the shim saw it.
+    /// When it happened: the agent's reaping time, or when the shim saw it if the agent
+    /// did not say.
     pub at: Timestamp,
 }
 
@@ -66,7 +67,15 @@ impl From<&WaitProcessResponse> for Exit {
         } else {
             r.exit_status as u32
         };
-        Exit::now(status)
+        // The agent's time of reaping (guest kvm-clock, within the host's clock); an agent
+        // too old to send it, or an unset time, falls back to the shim's.
+        match r.exited_at.as_ref() {
+            Some(at) if at.seconds > 0 => Self {
+                status,
+                at: at.clone(),
+            },
+            _ => Exit::now(status),
+        }
     }
 }
 
@@ -195,6 +204,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Exit::from(&r).status, 3);
+    }
+
+    #[test]
+    fn the_agents_exit_time_is_kept() {
+        let mut at = Timestamp::new();
+        at.seconds = 1_700_000_000;
+        at.nanos = 5;
+        let r = WaitProcessResponse {
+            exited_at: MessageField::some(at.clone()),
+            ..Default::default()
+        };
+        assert_eq!(Exit::from(&r).at, at);
+        // Absent (an older agent): the shim's own time.
+        let before = timestamp(SystemTime::now());
+        let shim = Exit::from(&WaitProcessResponse::default()).at;
+        assert!(shim.seconds >= before.seconds, "{shim:?} vs {before:?}");
     }
 
     #[test]

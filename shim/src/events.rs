@@ -20,6 +20,11 @@ impl Events {
         }
     }
 
+    /// The containerd namespace of the shim's tasks.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// Queues one event; a failure is logged (the publisher retries on its own).
     pub async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         log::debug!("event {topic}");

@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod mounts;
 mod network;
+mod output;
 mod process;
 mod sandbox;
 mod service;

@@ -1,5 +1,5 @@
-//! What the shim tracks of one process (a container's init or an exec): its stdio, its
-//! status, its exit (watched by Wait), and the lock that keeps its start event before its
+//! What the shim tracks of one process (a container's init or an exec): its stdio and
+//! their opened destinations, its status, its exit (watched by Wait), and the lock that keeps its start event before its
 //! exit event.
 
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,7 @@ use containerd_shim_protos::api::Status;
 use tokio::sync::watch;
 
 use crate::convert::Exit;
+use crate::output::Outputs;
 use crate::stdio::{Pumps, StdioPaths};
 
 /// One process of a container.
@@ -20,6 +21,8 @@ pub struct Proc {
     pub stdio: StdioPaths,
     /// An exec's OCI Process JSON, sent to the agent at Start.
     pub exec_spec: Option<Vec<u8>>,
+    /// Where its stdout and stderr go (closed, its logger stopped, at Delete).
+    pub outputs: Arc<Outputs>,
     /// Held by Start while it starts the process and publishes the start event, and by the
     /// exit watcher while it publishes the exit: containerd must see start before exit.
     pub lifecycle: tokio::sync::Mutex<()>,
@@ -35,12 +38,14 @@ impl Proc {
         exec_id: &str,
         stdio: StdioPaths,
         exec_spec: Option<Vec<u8>>,
+        outputs: Arc<Outputs>,
     ) -> Arc<Self> {
         Arc::new(Self {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
             stdio,
             exec_spec,
+            outputs,
             lifecycle: tokio::sync::Mutex::new(()),
             status: Mutex::new(Status::CREATED),
             pumps: Mutex::new(None),
@@ -109,7 +114,13 @@ mod tests {
 
     #[tokio::test]
     async fn wait_returns_the_recorded_exit() {
-        let p = Proc::new("c", "", StdioPaths::default(), None);
+        let p = Proc::new(
+            "c",
+            "",
+            StdioPaths::default(),
+            None,
+            Arc::new(Outputs::none()),
+        );
         assert_eq!(p.status(), Status::CREATED);
         assert_eq!(p.event_id(), "c");
         let waiter = {

@@ -26,6 +26,7 @@ use crate::convert::{self, Exit};
 use crate::error::{Result, ShimError};
 use crate::events::Events;
 use crate::mounts;
+use crate::output::Outputs;
 use crate::process::Proc;
 use crate::sandbox::{self, FirstContainer, Sandbox};
 use crate::sizing;
@@ -103,6 +104,12 @@ impl State {
             .ok_or_else(|| not_found(id, exec_id))
     }
 
+    /// The pid reported for every process of the pod in Create, Start, State, Delete and the
+    /// task events: the VMM's. containerd and the tools around it treat a task pid as a host
+    /// process (`/proc/<pid>`, `nsenter -t`, cgroup and metrics collectors); a guest pid there
+    /// would name an unrelated host process or none. The VMM is the host process that lives
+    /// exactly as long as the pod's containers and whose death ends them (Kata reports a host
+    /// pid there too). The guest pids are listed by Pids.
     fn pid(&self) -> u32 {
         self.sandbox.as_ref().map_or(0, |s| s.vmm.pid())
     }
@@ -235,11 +242,30 @@ impl Service {
             ));
         }
         let stdio = StdioPaths::from(req);
-        stdio.validate()?;
+        let dest = stdio.destination()?;
         let bundle = Path::new(&req.bundle);
-        let mut oci = Spec::load(bundle.join("config.json")).map_err(|e| {
+        let oci = Spec::load(bundle.join("config.json")).map_err(|e| {
             ShimError::InvalidArgument(format!("{}/config.json: {e}", bundle.display()))
         })?;
+        // Before the VM boots: a logger that cannot run fails the create at once.
+        let outputs =
+            Arc::new(Outputs::open(&dest, stdio.terminal, id, self.events.namespace()).await?);
+        let r = self.create_task(req, oci, stdio, outputs.clone()).await;
+        if r.is_err() {
+            outputs.close().await;
+        }
+        r
+    }
+
+    async fn create_task(
+        &self,
+        req: &CreateTaskRequest,
+        mut oci: Spec,
+        stdio: StdioPaths,
+        outputs: Arc<Outputs>,
+    ) -> Result<CreateTaskResponse> {
+        let id = req.id.as_str();
+        let bundle = Path::new(&req.bundle);
         let sid = spec::sandbox_id(&oci, id);
 
         let mut state = self.state.lock().await;
@@ -310,18 +336,8 @@ impl Service {
                 .create_container(ctx_timeout(RPC), &creq)
                 .await
                 .map_err(agent_err("CreateContainer"))?;
-            let proc = Proc::new(id, "", stdio.clone(), None);
-            match Pumps::start(&sb.agent, id, "", &stdio) {
-                Ok(p) => proc.set_pumps(Arc::new(p)),
-                Err(e) => {
-                    let r = ag::RemoveContainerRequest {
-                        container_id: id.to_string(),
-                        ..Default::default()
-                    };
-                    let _ = sb.agent.remove_container(ctx_timeout(RPC), &r).await;
-                    return Err(e);
-                }
-            }
+            let proc = Proc::new(id, "", stdio.clone(), None, outputs.clone());
+            proc.set_pumps(Arc::new(Pumps::start(&sb.agent, id, "", &stdio, &outputs)));
             self.watch_exit(proc.clone(), sb.agent.clone(), sb.vmm_exit(), sb.vmm.pid());
             Ok(proc)
         }
@@ -433,10 +449,13 @@ impl Service {
                 .await
                 .map_err(agent_err("ExecProcess"))?;
             proc.set_status(Status::RUNNING);
-            match Pumps::start(&sb.agent, &req.id, &req.exec_id, &proc.stdio) {
-                Ok(p) => proc.set_pumps(Arc::new(p)),
-                Err(e) => log::error!("{}/{}: stdio: {e}", req.id, req.exec_id),
-            }
+            proc.set_pumps(Arc::new(Pumps::start(
+                &sb.agent,
+                &req.id,
+                &req.exec_id,
+                &proc.stdio,
+                &proc.outputs,
+            )));
             self.watch_exit(proc.clone(), sb.agent.clone(), sb.vmm_exit(), pid);
             self.events
                 .publish(
@@ -470,6 +489,8 @@ impl Service {
             if let Some(c) = state.containers.get_mut(&req.id) {
                 c.execs.remove(&req.exec_id);
             }
+            drop(state);
+            proc.outputs.close().await;
             let exit = proc.exit().unwrap_or_else(|| Exit::now(0));
             return Ok(DeleteResponse {
                 pid,
@@ -500,6 +521,10 @@ impl Service {
             .containers
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id, ""))?;
+        // Its loggers: the init's and those of execs never deleted.
+        for p in std::iter::once(&c.init).chain(c.execs.values()) {
+            p.outputs.close().await;
+        }
         let cleaned = sandbox::cleanup_dir(&c.host_dir);
         self.events
             .publish(
@@ -535,8 +560,25 @@ impl Service {
             )));
         }
         let stdio = StdioPaths::from(req);
-        stdio.validate()?;
+        let dest = stdio.destination()?;
         let spec = convert::any_json(&req.spec, "the exec process spec")?;
+        let outputs = Arc::new(
+            Outputs::open(&dest, stdio.terminal, &req.exec_id, self.events.namespace()).await?,
+        );
+        let r = self.add_exec(req, stdio, spec, outputs.clone()).await;
+        if r.is_err() {
+            outputs.close().await;
+        }
+        r
+    }
+
+    async fn add_exec(
+        &self,
+        req: &ExecProcessRequest,
+        stdio: StdioPaths,
+        spec: Vec<u8>,
+        outputs: Arc<Outputs>,
+    ) -> Result<()> {
         let mut state = self.state.lock().await;
         let c = state
             .containers
@@ -553,7 +595,7 @@ impl Service {
         }
         c.execs.insert(
             req.exec_id.clone(),
-            Proc::new(&req.id, &req.exec_id, stdio, Some(spec)),
+            Proc::new(&req.id, &req.exec_id, stdio, Some(spec), outputs),
         );
         drop(state);
         self.events
@@ -848,16 +890,36 @@ impl Task for Service {
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TResult<PidsResponse> {
         log::debug!("Pids {}", req.id);
-        let state = self.state.lock().await;
-        done("Pids", state.container(&req.id).map(drop))?;
-        // The agent's protocol has no process listing: the VMM's pid stands for the task.
-        Ok(PidsResponse {
-            processes: vec![ProcessInfo {
-                pid: state.pid(),
+        let r = async {
+            let sb = {
+                let state = self.state.lock().await;
+                state.container(&req.id)?;
+                state.sandbox()?
+            };
+            let r = ag::ListProcessesRequest {
+                container_id: req.id.clone(),
                 ..Default::default()
-            }],
-            ..Default::default()
-        })
+            };
+            let list = sb
+                .agent
+                .list_processes(ctx_timeout(RPC), &r)
+                .await
+                .map_err(agent_err("ListProcesses"))?;
+            // Guest pids (the guest's root pid namespace): what `ctr task ps` shows. Unlike
+            // the task pid (see `State::pid`) nothing on the host acts on them.
+            Ok(PidsResponse {
+                processes: list
+                    .pids
+                    .into_iter()
+                    .map(|pid| ProcessInfo {
+                        pid,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        done("Pids", r.await)
     }
 
     async fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> TResult<Empty> {

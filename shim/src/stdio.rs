@@ -1,10 +1,11 @@
-//! Standard streams of one process, pumped between containerd's fifos and the agent's
-//! stream RPCs: ReadStdout/ReadStderr (long polls) into the stdout/stderr fifos, the stdin
-//! fifo into WriteStdin, and CloseStdin once the stdin fifo reaches end of file.
+//! Standard streams of one process, pumped between containerd's side and the agent's stream
+//! RPCs: ReadStdout/ReadStderr (long polls) into the stdout/stderr destinations (fifos, a
+//! file or a logger: see `output`), the stdin fifo into WriteStdin, and CloseStdin once the
+//! stdin fifo reaches end of file.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::agent::ctx;
 use crate::error::{Result, ShimError};
+use crate::output::{fifo_path, Destination, Outputs, Writer};
 
 /// Largest chunk asked of the agent per read.
 const CHUNK: u32 = 64 * 1024;
@@ -26,30 +28,25 @@ const CHUNK: u32 = 64 * 1024;
 pub struct StdioPaths {
     /// The stdin fifo (empty: none).
     pub stdin: String,
-    /// The stdout fifo (empty: none).
+    /// The stdout fifo or log URI (empty: none).
     pub stdout: String,
-    /// The stderr fifo (empty: none; unused with a terminal).
+    /// The stderr fifo (empty: none; unused with a terminal or a log URI).
     pub stderr: String,
     /// Whether the process has a terminal.
     pub terminal: bool,
 }
 
 impl StdioPaths {
-    /// Refuses stdio the shim cannot serve yet.
-    pub fn validate(&self) -> Result<()> {
-        for p in [&self.stdin, &self.stdout, &self.stderr] {
-            if p.contains("://") && !p.starts_with("fifo://") {
-                return Err(ShimError::Unimplemented(format!(
-                    "stdio URI {p:?}: only fifos are supported (binary:// and file:// log URIs are not implemented)"
-                )));
-            }
+    /// Where stdout and stderr go; refuses a stdin that is not a fifo and unknown schemes.
+    pub fn destination(&self) -> Result<Destination> {
+        if self.stdin.contains("://") && !self.stdin.starts_with("fifo://") {
+            return Err(ShimError::InvalidArgument(format!(
+                "stdin URI {:?}: stdin can only be a fifo",
+                self.stdin
+            )));
         }
-        Ok(())
+        Destination::parse(&self.stdout, &self.stderr)
     }
-}
-
-fn fifo_path(p: &str) -> PathBuf {
-    PathBuf::from(p.strip_prefix("fifo://").unwrap_or(p))
 }
 
 /// The running pumps of one process.
@@ -69,39 +66,41 @@ struct Target {
 }
 
 impl Pumps {
-    /// Opens the fifos and starts pumping; the agent-side process must exist.
+    /// Starts pumping into `outputs` (opened beforehand); the agent-side process must exist.
     pub fn start(
         client: &AgentServiceClient,
         container_id: &str,
         exec_id: &str,
         paths: &StdioPaths,
-    ) -> Result<Self> {
+        outputs: &Outputs,
+    ) -> Self {
         let t = Target {
             client: client.clone(),
             container_id: container_id.into(),
             exec_id: exec_id.into(),
         };
-        let mut outputs = Vec::new();
-        if !paths.stdout.is_empty() {
-            outputs.push(pump_out(t.clone(), &fifo_path(&paths.stdout), false)?);
+        let (stdout, stderr) = outputs.take();
+        let mut tasks = Vec::new();
+        if let Some(w) = stdout {
+            tasks.push(pump_out(t.clone(), w, false));
         }
-        if !paths.stderr.is_empty() && !paths.terminal {
-            outputs.push(pump_out(t.clone(), &fifo_path(&paths.stderr), true)?);
+        if let Some(w) = stderr {
+            tasks.push(pump_out(t.clone(), w, true));
         }
         let stdin_closed = Arc::new(AtomicBool::new(false));
-        let (stdin_fifo, stdin_task) = if paths.stdin.is_empty() {
-            (None, None)
-        } else {
-            let fifo = fifo_path(&paths.stdin);
-            let task = pump_in(t, fifo.clone(), stdin_closed.clone());
-            (Some(fifo), Some(task))
+        let (stdin_fifo, stdin_task) = match fifo_path(&paths.stdin) {
+            None => (None, None),
+            Some(fifo) => {
+                let task = pump_in(t, fifo.clone(), stdin_closed.clone());
+                (Some(fifo), Some(task))
+            }
         };
-        Ok(Self {
-            outputs: Mutex::new(outputs),
+        Self {
+            outputs: Mutex::new(tasks),
             stdin_fifo,
             stdin_task: Mutex::new(stdin_task),
             stdin_closed,
-        })
+        }
     }
 
     /// Waits up to `timeout` for stdout and stderr to be drained to end of file (a
@@ -159,14 +158,9 @@ impl Pumps {
     }
 }
 
-fn pump_out(t: Target, fifo: &Path, stderr: bool) -> Result<JoinHandle<()>> {
-    // Opened read-write: never blocks on a missing reader and never fails with ENXIO.
-    let mut out = tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(fifo)
-        .map_err(|e| ShimError::io(format!("opening {}", fifo.display()), e))?;
+fn pump_out(t: Target, mut out: Writer, stderr: bool) -> JoinHandle<()> {
     let name = if stderr { "stderr" } else { "stdout" };
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let req = ReadStreamRequest {
                 container_id: t.container_id.clone(),
@@ -182,9 +176,14 @@ fn pump_out(t: Target, fifo: &Path, stderr: bool) -> Result<JoinHandle<()>> {
             match r {
                 Ok(r) if r.eof => break,
                 Ok(r) => {
-                    if let Err(e) = out.write_all(&r.data).await {
+                    // flush: a file's writes complete in the background until flushed.
+                    let written = match out.write_all(&r.data).await {
+                        Ok(()) => out.flush().await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
                         log::warn!(
-                            "{}/{} {name}: writing the fifo: {e}",
+                            "{}/{} {name}: writing the output: {e}",
                             t.container_id,
                             t.exec_id
                         );
@@ -198,7 +197,7 @@ fn pump_out(t: Target, fifo: &Path, stderr: bool) -> Result<JoinHandle<()>> {
             }
         }
         log::debug!("{}/{} {name} ended", t.container_id, t.exec_id);
-    }))
+    })
 }
 
 fn pump_in(t: Target, fifo: PathBuf, closed: Arc<AtomicBool>) -> JoinHandle<()> {

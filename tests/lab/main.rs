@@ -7,6 +7,7 @@ mod guest_boot;
 mod kvm;
 mod shim_ctr;
 mod shim_install;
+mod shim_logs;
 mod shim_net;
 mod shim_pod;
 mod shim_tasks;
