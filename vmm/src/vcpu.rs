@@ -238,6 +238,9 @@ impl VcpuRunner {
                 Ok(VcpuExit::Shutdown) => {
                     // KVM reports a triple fault as a shutdown exit. The registers go to the
                     // log: a guest that dies this way is a bug to find (ours or the guest's).
+                    // On AMD they are the reset state (rip 0xfff0, cs 0xf000): KVM's SVM
+                    // reinitializes the VMCB after a SHUTDOWN intercept, before this exit, so
+                    // only Intel hosts show where the guest was.
                     log::error!("vcpu{index}: triple fault; {}", describe(&self.fd));
                     self.exit.exit(ExitReason::TripleFault);
                     return;
