@@ -17,33 +17,23 @@ fn run(c: &Containerd, id: &str, cmd: &[&str]) -> (std::process::Output, Duratio
     (out, start.elapsed())
 }
 
-fn explain(c: &Containerd, out: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}\n--- containerd log ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    )
-}
-
 lab_test! {
     fn ctr_run_rm_in_a_microvm() {
         let c = Carapace::start();
         c.import(&busybox_image());
 
         let (out, first) = run(&c, "t1", &["echo", "hi"]);
-        assert!(out.status.success(), "ctr run failed: {}", explain(&c, &out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "hi", "{}", explain(&c, &out));
+        assert!(out.status.success(), "ctr run failed: {}", c.explain("ctr run", &out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "hi", "{}", c.explain("ctr run", &out));
 
         let (out, second) = run(&c, "t2", &["sh", "-c", "echo to-stderr >&2; exit 3"]);
-        assert_eq!(out.status.code(), Some(3), "the exit status reaches ctr: {}", explain(&c, &out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{}", explain(&c, &out));
+        assert_eq!(out.status.code(), Some(3), "the exit status reaches ctr: {}", c.explain("ctr run", &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{}", c.explain("ctr run", &out));
 
         // The container runs in a VM of its own: it sees the VM's one vCPU (the lab has two).
         let (out, _) = run(&c, "t3", &["grep", "-c", "^processor", "/proc/cpuinfo"]);
-        assert!(out.status.success(), "{}", explain(&c, &out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", explain(&c, &out));
+        assert!(out.status.success(), "{}", c.explain("ctr run", &out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", c.explain("ctr run", &out));
 
         // A terminal (`ctr run -t`, given one by script(1)): the process sees a tty, and its
         // exit status still comes back.
@@ -56,8 +46,8 @@ lab_test! {
             .stdin(std::process::Stdio::null())
             .output()
             .expect("run script");
-        assert_eq!(out.status.code(), Some(4), "{}", explain(&c, &out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("is-a-tty"), "{}", explain(&c, &out));
+        assert_eq!(out.status.code(), Some(4), "{}", c.explain("ctr run", &out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("is-a-tty"), "{}", c.explain("ctr run", &out));
 
         let tasks = c.ctr_output(["tasks", "list", "-q"]);
         assert!(String::from_utf8_lossy(&tasks.stdout).trim().is_empty(), "--rm left tasks behind");

@@ -15,26 +15,6 @@ use carapace_tests::containerd::{make_temp_dir, Containerd, NAMESPACE};
 use carapace_tests::lab::wait_for;
 use carapace_tests::lab_test;
 
-fn explain(c: &Containerd, what: &str, out: &Output) -> String {
-    format!(
-        "{what}: status {:?}\nstdout: {}\nstderr: {}\n--- containerd log ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    )
-}
-
-fn ok(c: &Containerd, args: &[&str]) -> String {
-    let out = c.ctr_output(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        explain(c, &args.join(" "), &out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn run_logged(c: &Containerd, id: &str, uri: &str, cmd: &str) -> Output {
     c.ctr_output([
         "run",
@@ -71,8 +51,8 @@ lab_test! {
         let log = dir.join("sub/x.log");
         let uri = format!("file://{}", log.display());
         let out = run_logged(&c, "l1", &uri, "echo to-out; echo to-err >&2; exit 3");
-        assert_eq!(out.status.code(), Some(3), "{}", explain(&c, "ctr run file://", &out));
-        assert!(out.stdout.is_empty(), "{}", explain(&c, "ctr run file://", &out));
+        assert_eq!(out.status.code(), Some(3), "{}", c.explain("ctr run file://", &out));
+        assert!(out.stdout.is_empty(), "{}", c.explain("ctr run file://", &out));
         let text = read(&log);
         assert!(text.contains("to-out\n") && text.contains("to-err\n"), "the log file: {text:?}\n{}", c.log());
 
@@ -89,7 +69,7 @@ lab_test! {
         ));
         let uri = format!("binary://{}?tag=t1", logger.display());
         let out = run_logged(&c, "l2", &uri, "echo bin-out; echo bin-err >&2");
-        assert!(out.status.success(), "{}", explain(&c, "ctr run binary://", &out));
+        assert!(out.status.success(), "{}", c.explain("ctr run binary://", &out));
         assert_eq!(read(&dir.join("logger.out")), "bin-out\n", "{}", c.log());
         assert_eq!(read(&dir.join("logger.err")), "bin-err\n", "{}", c.log());
         assert_eq!(read(&dir.join("logger.env")), format!("l2 {NAMESPACE} tag t1\n"));
@@ -109,8 +89,8 @@ lab_test! {
         {
             let id = format!("bad{i}");
             let out = run_logged(&c, &id, uri, "echo never");
-            assert!(!out.status.success(), "{}", explain(&c, uri, &out));
-            assert!(String::from_utf8_lossy(&out.stderr).contains(says.as_str()), "{}", explain(&c, uri, &out));
+            assert!(!out.status.success(), "{}", c.explain(uri, &out));
+            assert!(String::from_utf8_lossy(&out.stderr).contains(says.as_str()), "{}", c.explain(uri, &out));
             let _ = c.ctr_output(["container", "rm", &id]);
         }
 
@@ -122,7 +102,7 @@ lab_test! {
 
 /// The pids `ctr task ps` lists.
 fn task_pids(c: &Containerd, id: &str) -> BTreeSet<u32> {
-    ok(c, &["task", "ps", id])
+    c.ctr_ok(&["task", "ps", id])
         .lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
@@ -131,7 +111,7 @@ fn task_pids(c: &Containerd, id: &str) -> BTreeSet<u32> {
 
 /// The PID column of `ctr task ls` for `id` (the task pid containerd keeps).
 fn task_pid(c: &Containerd, id: &str) -> Option<u32> {
-    ok(c, &["task", "ls"])
+    c.ctr_ok(&["task", "ls"])
         .lines()
         .find(|l| l.split_whitespace().next() == Some(id))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
@@ -142,7 +122,7 @@ lab_test! {
         let c = Carapace::start();
         c.import(&busybox_image());
         let dir = make_temp_dir("carapace-ps");
-        ok(&c, &["run", "-d", "--runtime", RUNTIME, BUSYBOX_IMAGE, "p1", "sh", "-c", "sleep 1000 & sleep 1000"]);
+        c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, BUSYBOX_IMAGE, "p1", "sh", "-c", "sleep 1000 & sleep 1000"]);
 
         // sh and its sleeps (busybox sh may exec the last one): two processes at least.
         let pids = wait_for(Duration::from_secs(20), || {
@@ -158,7 +138,7 @@ lab_test! {
         // An exec's own log URI, and its process listed while it runs.
         let log = dir.join("exec.log");
         let uri = format!("file://{}", log.display());
-        ok(&c, &["task", "exec", "--exec-id", "e1", "--log-uri", &uri, "p1", "sh", "-c", "echo exec-out; echo exec-err >&2"]);
+        c.ctr_ok(&["task", "exec", "--exec-id", "e1", "--log-uri", &uri, "p1", "sh", "-c", "echo exec-out; echo exec-err >&2"]);
         let text = read(&log);
         assert!(text.contains("exec-out\n") && text.contains("exec-err\n"), "the exec's log: {text:?}\n{}", c.log());
         let mut e2 = c
@@ -174,16 +154,16 @@ lab_test! {
         });
         assert!(more.is_some(), "the exec's process is listed: {:?} then {:?}", pids, task_pids(&c, "p1"));
 
-        ok(&c, &["task", "kill", "-a", "-s", "9", "p1"]);
+        c.ctr_ok(&["task", "kill", "-a", "-s", "9", "p1"]);
         let stopped = wait_for(Duration::from_secs(20), || {
-            ok(&c, &["task", "ls"]).lines().any(|l| l.starts_with("p1 ") && l.contains("STOPPED")).then_some(())
+            c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with("p1 ") && l.contains("STOPPED")).then_some(())
         });
         assert!(stopped.is_some(), "p1 stops after kill -9\n{}", c.log());
         // The exec died with its container: its ctr returns.
         let _ = e2.kill();
         let _ = e2.wait();
-        ok(&c, &["task", "delete", "p1"]);
-        ok(&c, &["container", "rm", "p1"]);
+        c.ctr_ok(&["task", "delete", "p1"]);
+        c.ctr_ok(&["container", "rm", "p1"]);
         let left = c.leftovers();
         assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
         let _ = std::fs::remove_dir_all(&dir);

@@ -85,16 +85,6 @@ impl Drop for PodNetns {
     }
 }
 
-fn explain(c: &Containerd, out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}\n--- containerd log ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    )
-}
-
 fn run_in(c: &Containerd, netns: &str, id: &str, script: &str) -> Output {
     let ns = format!("network:{netns}");
     c.ctr_output([
@@ -134,14 +124,14 @@ lab_test! {
         );
         let out = run_in(&c, &format!("/var/run/netns/{NETNS}"), "net1", &script);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "ctr run failed: {}", explain(&c, &out));
+        assert!(out.status.success(), "ctr run failed: {}", c.explain("ctr run", &out));
         println!("{stdout}");
-        assert!(stdout.contains(&format!("inet {POD_IP}/24")), "eth0 has the veth's address: {}", explain(&c, &out));
-        assert!(stdout.contains(POD_MAC) && stdout.contains("mtu 1400"), "eth0 has the veth's MAC and MTU: {}", explain(&c, &out));
-        assert!(stdout.contains(&format!("default via {HOST_IP} dev eth0")), "the default route: {}", explain(&c, &out));
-        assert!(stdout.contains(&format!("{NEIGH_IP} dev eth0 lladdr {NEIGH_MAC}")), "the static neighbour: {}", explain(&c, &out));
-        assert!(stdout.contains("PING-OK"), "ping of the host side: {}", explain(&c, &out));
-        assert!(stdout.contains("hello-from-host"), "TCP to the host side: {}", explain(&c, &out));
+        assert!(stdout.contains(&format!("inet {POD_IP}/24")), "eth0 has the veth's address: {}", c.explain("ctr run", &out));
+        assert!(stdout.contains(POD_MAC) && stdout.contains("mtu 1400"), "eth0 has the veth's MAC and MTU: {}", c.explain("ctr run", &out));
+        assert!(stdout.contains(&format!("default via {HOST_IP} dev eth0")), "the default route: {}", c.explain("ctr run", &out));
+        assert!(stdout.contains(&format!("{NEIGH_IP} dev eth0 lladdr {NEIGH_MAC}")), "the static neighbour: {}", c.explain("ctr run", &out));
+        assert!(stdout.contains("PING-OK"), "ping of the host side: {}", c.explain("ctr run", &out));
+        assert!(stdout.contains("hello-from-host"), "TCP to the host side: {}", c.explain("ctr run", &out));
         assert_eq!(server.join().expect("the listener"), POD_IP, "the host sees the pod's address");
 
         let left = c.leftovers();
@@ -152,11 +142,11 @@ lab_test! {
 
         // Bad namespaces: refused by name, nothing left.
         let out = run_in(&c, "/var/run/netns/carapace-no-such-netns", "net2", "true");
-        assert!(!out.status.success(), "a missing netns is refused: {}", explain(&c, &out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("carapace-no-such-netns"), "{}", explain(&c, &out));
+        assert!(!out.status.success(), "a missing netns is refused: {}", c.explain("ctr run", &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("carapace-no-such-netns"), "{}", c.explain("ctr run", &out));
         let out = run_in(&c, &format!("/var/run/netns/{EMPTY_NETNS}"), "net3", "true");
-        assert!(!out.status.success(), "a netns with only lo is refused: {}", explain(&c, &out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("no interface other than lo"), "{}", explain(&c, &out));
+        assert!(!out.status.success(), "a netns with only lo is refused: {}", c.explain("ctr run", &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no interface other than lo"), "{}", c.explain("ctr run", &out));
         let _ = c.ctr_output(["containers", "rm", "net2", "net3"]);
         let left = c.leftovers();
         assert!(left.is_empty(), "carapace left traces after refusals: {left:?}\n{}", c.log());
