@@ -19,21 +19,9 @@ const OWN_NAMESPACES: [LinuxNamespaceType; 4] = [
     LinuxNamespaceType::Ipc,
 ];
 
-/// Checks a container or exec id: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
+/// Checks a container or exec id by the rule the shim checks too ([`carapace_protocol::id`]).
 pub fn validate_id(kind: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::InvalidArgument(format!(
-            "{kind} id {id:?} must be 1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
-        )))
-    }
+    carapace_protocol::id::check(kind, id).map_err(|e| AgentError::InvalidArgument(e.to_string()))
 }
 
 /// Parses the spec JSON the shim sent.

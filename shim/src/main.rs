@@ -9,6 +9,7 @@ mod config;
 mod convert;
 mod error;
 mod events;
+mod hostfs;
 mod mounts;
 mod network;
 mod output;

@@ -1,66 +1,50 @@
-//! Host-side mounts of a pod: containerd's rootfs mounts under the share, host bind-mount
-//! sources moved into the share, the block-copy stop-gap's ext4 image, and unmounting
-//! everything under a directory.
+//! Host-side mounts of a pod: containerd's rootfs mounts in the pod's private tree (nosuid,
+//! nodev, on a directory made and opened without following links, see [`crate::hostfs`]),
+//! the block-copy stop-gap's ext4 image, and unmounting everything under a directory.
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
-use nix::mount::{MntFlags, MsFlags};
 
 use crate::error::{Result, ShimError};
+use crate::hostfs::{self, BindFlags, Dir};
 
-fn nix_io(what: String, e: nix::errno::Errno) -> ShimError {
-    ShimError::io(what, std::io::Error::from_raw_os_error(e as i32))
-}
-
-/// Mounts containerd's rootfs `mounts` (in order) on `target`; with none, bind-mounts the
-/// bundle's own `rootfs` directory.
-pub async fn mount_rootfs(mounts: &[Mount], bundle: &Path, target: &Path) -> Result<()> {
-    std::fs::create_dir_all(target)
-        .map_err(|e| ShimError::io(format!("creating {}", target.display()), e))?;
+/// Mounts containerd's rootfs `mounts` (in order) on `rel` beneath the pod's private tree
+/// `mnt`, each with nosuid and nodev added; with none, bind-mounts the bundle's own `rootfs`
+/// directory. Returns the rootfs's host path.
+pub async fn mount_rootfs(
+    mounts: &[Mount],
+    bundle: &Path,
+    mnt: &Dir,
+    rel: &Path,
+) -> Result<PathBuf> {
+    let target = mnt.mkdir_all(rel, 0o755)?;
+    let path = mnt.path().join(rel);
     if mounts.is_empty() {
-        return bind(&bundle.join("rootfs"), target);
+        hostfs::bind(mnt, &bundle.join("rootfs"), rel, BindFlags::default())?;
+        return Ok(path);
     }
     for m in mounts {
-        containerd_shim::util::mount_rootfs(m, target)
+        let mut m = m.clone();
+        for flag in ["nosuid", "nodev"] {
+            if !m.options.iter().any(|o| o == flag) {
+                m.options.push(flag.to_string());
+            }
+        }
+        // containerd's helper takes a path: the descriptor's magic link names exactly the
+        // directory opened above, whatever is done to its name meanwhile.
+        containerd_shim::util::mount_rootfs(&m, target.proc_path())
             .await
             .map_err(|e| {
                 ShimError::Internal(format!(
                     "mounting the rootfs ({} {}) on {}: {e}",
                     m.type_,
                     m.source,
-                    target.display()
+                    path.display()
                 ))
             })?;
     }
-    Ok(())
-}
-
-/// Bind-mounts `source` (a file or a directory) on `target`, creating `target`.
-pub fn bind(source: &Path, target: &Path) -> Result<()> {
-    if source.is_dir() {
-        std::fs::create_dir_all(target)
-    } else {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| ShimError::io(format!("creating {}", parent.display()), e))?;
-        }
-        std::fs::File::create(target).map(drop)
-    }
-    .map_err(|e| ShimError::io(format!("creating {}", target.display()), e))?;
-    nix::mount::mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| {
-        nix_io(
-            format!("bind-mounting {} on {}", source.display(), target.display()),
-            e,
-        )
-    })
+    Ok(path)
 }
 
 /// Mount points at or under `dir` in this mount namespace, deepest first.
@@ -96,7 +80,8 @@ fn unescape(s: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Unmounts everything at or under `dir` (lazily, so a busy mount cannot block teardown).
+/// Unmounts everything at or under `dir` (lazily, so a busy mount cannot block teardown;
+/// never following a symlink in a mount point's last component).
 pub fn unmount_under(dir: &Path) -> Result<()> {
     // A mount point can be stacked several times: repeat until nothing is left.
     for _ in 0..8 {
@@ -105,9 +90,12 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
             return Ok(());
         }
         for m in found {
-            if let Err(e) = nix::mount::umount2(&m, MntFlags::MNT_DETACH) {
-                if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-                    return Err(nix_io(format!("unmounting {}", m.display()), e));
+            if let Err(e) = hostfs::unmount(&m) {
+                if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT {
+                    return Err(ShimError::io(
+                        format!("unmounting {}", m.display()),
+                        std::io::Error::from(e),
+                    ));
                 }
             }
         }

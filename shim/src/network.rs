@@ -64,6 +64,10 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    /// The namespace is the host's own (the shim's): taps and redirects there would join the
+    /// host's interfaces to the guest.
+    #[error("the pod's network namespace {0} is the host's own network namespace")]
+    HostNamespace(PathBuf),
     /// The namespace holds nothing to give the guest.
     #[error("the pod's network namespace {0} has no interface other than lo (is the CNI set-up missing?)")]
     NoInterface(PathBuf),
@@ -92,7 +96,10 @@ pub enum NetworkError {
 impl NetworkError {
     /// Whether the request itself is at fault (a bad namespace), not the host.
     pub fn is_invalid_argument(&self) -> bool {
-        matches!(self, Self::Namespace { .. } | Self::NoInterface(_))
+        matches!(
+            self,
+            Self::Namespace { .. } | Self::NoInterface(_) | Self::HostNamespace(_)
+        )
     }
 }
 
@@ -195,6 +202,24 @@ pub fn netns_path(spec: &Spec) -> Option<PathBuf> {
         .iter()
         .find(|n| n.typ() == LinuxNamespaceType::Network)
         .and_then(|n| n.path().clone())
+}
+
+/// Refuses the namespace at `path` when it is the one at `own` (the shim's, which is the
+/// host's: the CRI never hands a pod the host namespace, and `--with-ns network:/proc/1/ns/net`
+/// must not put taps and redirects on the host's NICs).
+pub fn refuse_host_namespace(path: &Path, own: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = |p: &Path| {
+        std::fs::metadata(p).map_err(|source| NetworkError::Namespace {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let (theirs, ours) = (md(path)?, md(own)?);
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Err(NetworkError::HostNamespace(path.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// The name of the pod's `i`-th tap (under IFNAMSIZ for any realistic count).
@@ -364,6 +389,7 @@ pub struct PodNetwork {
 impl PodNetwork {
     /// Opens the namespace at `path` and sets up one tap per interface.
     pub async fn attach_path(path: &Path) -> Result<Self> {
+        refuse_host_namespace(path, Path::new("/proc/self/ns/net"))?;
         let ns = Netlink::open(path).await?;
         Self::attach(path, Box::new(ns)).await
     }

@@ -15,36 +15,92 @@ use tokio::sync::watch;
 use crate::agent::{self, ctx_timeout};
 use crate::config::{Config, Share};
 use crate::error::{Result, ShimError};
+use crate::hostfs;
 use crate::mounts;
 use crate::network::{self, PodNetwork};
 use crate::sizing::VmSize;
 use crate::spec::GUEST_SHARE;
 use crate::vmm::{Block, FsShare, Net, Serial, VmConfig, Vmm, Vsock, GUEST_CID, SHARE_TAG};
 
-/// Where every pod's state directory lives.
+/// Where every pod's state directory lives (0711: only root lists it; each pod's is 0700).
 pub const STATE_ROOT: &str = "/run/carapace";
 
-/// The state directory of pod `sid`.
-pub fn state_dir(sid: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(sid)
+/// A pod (sandbox) id that passed the id rule shared with the agent
+/// ([`carapace_protocol::id::check`]): the only kind of id a state path is built from, so
+/// every path below stays a direct child of [`STATE_ROOT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodId(String);
+
+impl PodId {
+    /// Checks `id` (from containerd: a container id or the CRI sandbox-id annotation).
+    pub fn new(id: &str) -> Result<Self> {
+        carapace_protocol::id::check("sandbox", id)
+            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        Ok(Self(id.to_string()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// The host directory shared with pod `sid`'s guest.
-pub fn shared_dir(sid: &str) -> PathBuf {
+impl std::fmt::Display for PodId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The state directory of pod `sid`.
+pub fn state_dir(sid: &PodId) -> PathBuf {
+    Path::new(STATE_ROOT).join(sid.as_str())
+}
+
+/// The pod's private mount tree, where the shim mounts every rootfs and bind: the guest never
+/// sees it (see [`crate::hostfs`]).
+pub fn mnt_dir(sid: &PodId) -> PathBuf {
+    state_dir(sid).join("mnt")
+}
+
+/// The host directory shared with pod `sid`'s guest: a read-only slave bind of
+/// [`mnt_dir`].
+pub fn shared_dir(sid: &PodId) -> PathBuf {
     state_dir(sid).join("shared")
 }
 
-/// Creates the pod's state and share directories; a leftover of an earlier shim of the
-/// same pod (which cannot be running: containerd groups a pod into one shim) is removed.
-pub fn prepare_dirs(sid: &str) -> Result<()> {
+/// Creates the pod's state directory (0700) and its share (the private tree and its
+/// read-only export); a leftover of an earlier shim of the same pod (which cannot be running:
+/// containerd groups a pod into one shim) is removed.
+pub fn prepare_dirs(sid: &PodId) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let root = Path::new(STATE_ROOT);
+    std::fs::create_dir_all(root)
+        .map_err(|e| ShimError::io(format!("creating {STATE_ROOT}"), e))?;
+    let md = std::fs::symlink_metadata(root)
+        .map_err(|e| ShimError::io(format!("reading {STATE_ROOT}"), e))?;
+    if !md.is_dir() {
+        return Err(ShimError::Internal(format!(
+            "{STATE_ROOT} is not a directory"
+        )));
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| ShimError::io(format!("making {STATE_ROOT} 0711"), e))?;
     let dir = state_dir(sid);
-    if dir.exists() {
+    if std::fs::symlink_metadata(&dir).is_ok() {
         log::warn!("removing a leftover {}", dir.display());
         cleanup_dir(&dir)?;
     }
-    let shared = shared_dir(sid);
-    std::fs::create_dir_all(&shared)
-        .map_err(|e| ShimError::io(format!("creating {}", shared.display()), e))
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ShimError::io(format!("creating {}", dir.display()), e))?;
+    let made = hostfs::Dir::open(&dir).and_then(|pod| hostfs::make_share(&pod, "mnt", "shared"));
+    if let Err(e) = made {
+        let _ = cleanup_dir(&dir);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Unmounts everything under `dir` and removes it.
@@ -57,10 +113,17 @@ pub fn cleanup_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Removes container `cid`'s part of pod `sid`'s share: its mounts as the guest sees them,
+/// then the shim's own, then its directory.
+pub fn cleanup_container(sid: &PodId, cid: &str) -> Result<()> {
+    mounts::unmount_under(&shared_dir(sid).join(cid))?;
+    cleanup_dir(&mnt_dir(sid).join(cid))
+}
+
 /// A booted pod VM with its agent connected.
 pub struct Sandbox {
     /// The pod's id.
-    pub id: String,
+    pub id: PodId,
     /// `/run/carapace/<sid>`.
     pub dir: PathBuf,
     /// How rootfs directories reach the guest.
@@ -97,7 +160,7 @@ impl Sandbox {
     /// Boots the VM of pod `sid` (its directories made by [`prepare_dirs`]), with a NIC per
     /// interface of its network namespace, connects to the agent and sets the sandbox and its
     /// network up. On failure the VM is stopped and the network removed again.
-    pub async fn boot(config: &Config, sid: &str, first: FirstContainer<'_>) -> Result<Self> {
+    pub async fn boot(config: &Config, sid: &PodId, first: FirstContainer<'_>) -> Result<Self> {
         let mut network = match &first.netns {
             Some(path) => Some(PodNetwork::attach_path(path).await?),
             None => None,
@@ -121,7 +184,7 @@ impl Sandbox {
 
     async fn boot_with(
         config: &Config,
-        sid: &str,
+        sid: &PodId,
         first: FirstContainer<'_>,
         network: &mut Option<PodNetwork>,
     ) -> Result<Self> {
@@ -228,7 +291,7 @@ impl Sandbox {
             }
         }
         Ok(Self {
-            id: sid.to_string(),
+            id: sid.clone(),
             dir,
             share: config.share,
             vmm,
@@ -286,9 +349,46 @@ impl Sandbox {
     }
 }
 
-/// The last `max` bytes of a log file, for error messages.
+/// The last `max` bytes of a log file, for error messages: read from the end, so a guest
+/// that filled its console costs no more than `max` bytes of the shim's memory.
 fn tail(path: &Path, max: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(max);
-    String::from_utf8_lossy(&text[start..]).into_owned()
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max as u64);
+    let mut text = Vec::with_capacity(max.min(len as usize));
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f.take(max as u64).read_to_end(&mut text);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ids_that_would_leave_the_state_root_are_refused() {
+        for bad in ["../../tmp/victim", "..", ".", "", "a/b", "/etc"] {
+            let e = PodId::new(bad).unwrap_err();
+            assert!(matches!(e, ShimError::InvalidArgument(_)), "{bad:?}: {e}");
+        }
+        let ok = PodId::new("4f2a9c-pod_1.x").unwrap();
+        assert_eq!(state_dir(&ok), Path::new("/run/carapace/4f2a9c-pod_1.x"));
+        assert_eq!(state_dir(&ok).parent(), Some(Path::new(STATE_ROOT)));
+    }
+
+    #[test]
+    fn a_tail_reads_only_the_end() {
+        let p = std::env::temp_dir().join(format!("carapace-tail-{}", std::process::id()));
+        let mut big = vec![b'a'; 5 << 20];
+        big.extend_from_slice(b"the end");
+        std::fs::write(&p, &big).unwrap();
+        assert_eq!(tail(&p, 7), "the end");
+        assert_eq!(tail(&p, 9), "aathe end");
+        assert_eq!(tail(&p.with_extension("missing"), 10), "");
+        std::fs::remove_file(&p).unwrap();
+    }
 }

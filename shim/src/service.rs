@@ -3,7 +3,7 @@
 //! the last container tears it down.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::config::{Config, Share};
 use crate::convert::{self, Exit};
 use crate::error::{Result, ShimError};
 use crate::events::Events;
+use crate::hostfs;
 use crate::mounts;
 use crate::output::Outputs;
 use crate::process::Proc;
@@ -43,8 +44,6 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// One container of the pod.
 struct Container {
     bundle: String,
-    /// `shared/<cid>` on the host: its rootfs and bind sources are mounted under it.
-    host_dir: PathBuf,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
 }
@@ -233,9 +232,7 @@ impl Service {
 
     async fn do_create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
         let id = req.id.as_str();
-        if id.is_empty() || id.contains('/') || id.starts_with('.') {
-            return Err(ShimError::InvalidArgument(format!("container id {id:?}")));
-        }
+        spec::check_id("container", id)?;
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(ShimError::Unimplemented(
                 "restoring from a checkpoint".into(),
@@ -266,7 +263,7 @@ impl Service {
     ) -> Result<CreateTaskResponse> {
         let id = req.id.as_str();
         let bundle = Path::new(&req.bundle);
-        let sid = spec::sandbox_id(&oci, id);
+        let sid = spec::sandbox_id(&oci, id)?;
 
         let mut state = self.state.lock().await;
         if state.containers.contains_key(id) {
@@ -290,9 +287,6 @@ impl Service {
                 true
             }
         };
-        let share = sandbox::shared_dir(&sid);
-        let host_dir = share.join(spec::container_dir(id));
-        let host_rootfs = host_dir.join("rootfs");
         let guest_rootfs = spec::guest_rootfs(id);
 
         let mut booted: Option<Arc<Sandbox>> = None;
@@ -302,10 +296,14 @@ impl Service {
         let resolv_conf = crate::network::resolv_conf_source(&oci);
         let result: Result<Arc<Proc>> = async {
             let size = sizing::vm_size(&self.config, &oci)?;
-            mounts::mount_rootfs(&req.rootfs, bundle, &host_rootfs).await?;
+            // Everything is mounted in the pod's private tree, never seen by the guest (it sees
+            // the read-only export of it); no path under it is followed through a link.
+            let mnt = hostfs::Dir::open(&sandbox::mnt_dir(&sid))?;
+            let rootfs_rel = spec::container_dir(id).join("rootfs");
+            let host_rootfs = mounts::mount_rootfs(&req.rootfs, bundle, &mnt, &rootfs_rel).await?;
             let binds = spec::for_guest(&mut oci, id, self.config.share == Share::Virtiofs)?;
             for b in &binds {
-                mounts::bind(&b.source, &share.join(&b.share_path))?;
+                hostfs::bind(&mnt, &b.source, &b.share_path, b.flags)?;
             }
             let sb = match &state.sandbox {
                 Some(s) => s.clone(),
@@ -357,7 +355,7 @@ impl Service {
                 } else if booting {
                     let _ = sandbox::cleanup_dir(&sandbox::state_dir(&sid));
                 } else {
-                    let _ = sandbox::cleanup_dir(&host_dir);
+                    let _ = sandbox::cleanup_container(&sid, id);
                 }
                 return Err(e);
             }
@@ -372,7 +370,6 @@ impl Service {
             id.to_string(),
             Container {
                 bundle: req.bundle.clone(),
-                host_dir,
                 init: proc,
                 execs: HashMap::new(),
             },
@@ -525,7 +522,7 @@ impl Service {
         for p in std::iter::once(&c.init).chain(c.execs.values()) {
             p.outputs.close().await;
         }
-        let cleaned = sandbox::cleanup_dir(&c.host_dir);
+        let cleaned = sandbox::cleanup_container(&sb.id, &req.id);
         self.events
             .publish(
                 TASK_DELETE_EVENT_TOPIC,
@@ -553,12 +550,7 @@ impl Service {
     }
 
     async fn do_exec(&self, req: &ExecProcessRequest) -> Result<()> {
-        if req.exec_id.is_empty() || req.exec_id.contains('/') {
-            return Err(ShimError::InvalidArgument(format!(
-                "exec id {:?}",
-                req.exec_id
-            )));
-        }
+        spec::check_id("exec", &req.exec_id)?;
         let stdio = StdioPaths::from(req);
         let dest = stdio.destination()?;
         let spec = convert::any_json(&req.spec, "the exec process spec")?;

@@ -23,7 +23,7 @@ use oci_spec::runtime::Spec;
 use crate::config::Config;
 use crate::convert::Exit;
 use crate::events::Events;
-use crate::sandbox;
+use crate::sandbox::{self, PodId};
 use crate::service::Service;
 use crate::spec;
 
@@ -53,6 +53,9 @@ pub enum ShimProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// containerd's request names an id or pod that fails the id rule.
+    #[error(transparent)]
+    Refused(#[from] crate::error::ShimError),
     /// The ttrpc server failed.
     #[error("serving ttrpc on {socket}: {message}")]
     Server {
@@ -68,12 +71,13 @@ fn crate_err(what: &'static str) -> impl FnOnce(containerd_shim::Error) -> ShimP
 }
 
 /// The pod of the container whose bundle is the current directory (containerd runs `start`
-/// and `delete` there).
-fn pod_of(id: &str) -> String {
-    match Spec::load("config.json") {
+/// and `delete` there); an id or annotation that fails the id rule is refused by name.
+fn pod_of(id: &str) -> Result<PodId, ShimProcessError> {
+    let pod = match Spec::load("config.json") {
         Ok(s) => spec::sandbox_id(&s, id),
-        Err(_) => id.to_string(),
-    }
+        Err(_) => PodId::new(id),
+    };
+    Ok(pod?)
 }
 
 fn socket_path(address: &str) -> &str {
@@ -83,7 +87,8 @@ fn socket_path(address: &str) -> &str {
 /// `start`: starts the pod's serving shim unless it already runs, writes `address` in the
 /// bundle and prints the address for containerd.
 pub async fn start(flags: &Flags) -> Result<(), ShimProcessError> {
-    let grouping = pod_of(&flags.id);
+    spec::check_id("container", &flags.id)?;
+    let grouping = pod_of(&flags.id)?.to_string();
     let opts = StartOpts {
         id: flags.id.clone(),
         publish_binary: flags.publish_binary.clone(),
@@ -121,12 +126,13 @@ pub async fn start(flags: &Flags) -> Result<(), ShimProcessError> {
 /// DeleteResponse.
 pub fn delete(flags: &Flags) -> Result<(), ShimProcessError> {
     let id = &flags.id;
-    let sid = pod_of(id);
-    let host_dir = sandbox::shared_dir(&sid).join(spec::container_dir(id));
-    if let Err(e) = sandbox::cleanup_dir(&host_dir) {
+    // Nothing on the host is touched for an id that could name a path outside the state root.
+    spec::check_id("container", id)?;
+    let sid = pod_of(id)?;
+    if let Err(e) = sandbox::cleanup_container(&sid, id) {
         eprintln!("delete: {e}");
     }
-    if sid == *id {
+    if sid.as_str() == id {
         let dir = sandbox::state_dir(&sid);
         kill_leftover_vmm(&dir.join("vmm.pid"));
         if let Err(e) = sandbox::cleanup_dir(&dir) {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 use crate::error::{Result, ShimError};
+use crate::hostfs::BindFlags;
+use crate::sandbox::PodId;
 
 /// Where the agent mounts the pod's share inside the guest.
 pub const GUEST_SHARE: &str = "/run/carapace/shared";
@@ -17,13 +19,19 @@ pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 /// The pod a container belongs to: its own (a sandbox or a lone `ctr run` container), or
-/// the one named by its CRI annotations.
-pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
+/// the one named by its CRI annotations; refused unless it passes the id rule (the
+/// annotation is the client's to set: `../../tmp/x` must never name a host path).
+pub fn sandbox_id(spec: &Spec, container_id: &str) -> Result<PodId> {
     let ann = spec.annotations().clone().unwrap_or_default();
     match (ann.get(CONTAINER_TYPE), ann.get(SANDBOX_ID)) {
-        (Some(t), Some(sid)) if t == "container" && !sid.is_empty() => sid.clone(),
-        _ => container_id.to_string(),
+        (Some(t), Some(sid)) if t == "container" && !sid.is_empty() => PodId::new(sid),
+        _ => PodId::new(container_id),
     }
+}
+
+/// Checks a container or exec id from containerd by the rule the agent checks too.
+pub fn check_id(kind: &str, id: &str) -> Result<()> {
+    carapace_protocol::id::check(kind, id).map_err(|e| ShimError::InvalidArgument(e.to_string()))
 }
 
 /// A container's directory inside the share, relative to the share's root.
@@ -45,8 +53,8 @@ pub struct HostBind {
     pub source: PathBuf,
     /// Its place relative to the share's root.
     pub share_path: PathBuf,
-    /// Whether the source is a directory (else a file).
-    pub is_dir: bool,
+    /// What the host mount gets (the spec's `ro` and `noexec`; nosuid and nodev always).
+    pub flags: BindFlags,
 }
 
 /// Rewrites `spec` for the guest and lists the host paths to bind into the share. With
@@ -93,8 +101,16 @@ pub fn for_guest(
             let share_path = container_dir(container_id)
                 .join("mounts")
                 .join(i.to_string());
+            let has = |o: &str| {
+                m.options()
+                    .as_ref()
+                    .is_some_and(|os| os.iter().any(|x| x == o))
+            };
             binds.push(HostBind {
-                is_dir: source.is_dir(),
+                flags: BindFlags {
+                    read_only: has("ro"),
+                    no_exec: has("noexec"),
+                },
                 source,
                 share_path: share_path.clone(),
             });
@@ -116,17 +132,27 @@ mod tests {
     #[test]
     fn pod_from_annotations() {
         let mut spec = Spec::default();
-        assert_eq!(sandbox_id(&spec, "c1"), "c1");
+        assert_eq!(sandbox_id(&spec, "c1").unwrap().as_str(), "c1");
         spec.set_annotations(Some(HashMap::from([
             (CONTAINER_TYPE.to_string(), "container".to_string()),
             (SANDBOX_ID.to_string(), "pod1".to_string()),
         ])));
-        assert_eq!(sandbox_id(&spec, "c1"), "pod1");
+        assert_eq!(sandbox_id(&spec, "c1").unwrap().as_str(), "pod1");
         spec.set_annotations(Some(HashMap::from([
             (CONTAINER_TYPE.to_string(), "sandbox".to_string()),
             (SANDBOX_ID.to_string(), "pod1".to_string()),
         ])));
-        assert_eq!(sandbox_id(&spec, "pod1"), "pod1");
+        assert_eq!(sandbox_id(&spec, "pod1").unwrap().as_str(), "pod1");
+        // The annotation is the client's: one that leaves the state root is refused.
+        for bad in ["../../tmp/victim", "..", "a/b"] {
+            spec.set_annotations(Some(HashMap::from([
+                (CONTAINER_TYPE.to_string(), "container".to_string()),
+                (SANDBOX_ID.to_string(), bad.to_string()),
+            ])));
+            let e = sandbox_id(&spec, "c1").unwrap_err();
+            assert!(e.to_string().contains("sandbox id"), "{e}");
+        }
+        assert!(sandbox_id(&Spec::default(), "../x").is_err());
     }
 
     #[test]
@@ -171,7 +197,7 @@ mod tests {
             vec![HostBind {
                 source: "/tmp".into(),
                 share_path: PathBuf::from(format!("c1/mounts/{}", n - 1)),
-                is_dir: true,
+                flags: BindFlags::default(),
             }]
         );
         let m = &spec.mounts().as_ref().unwrap()[n - 1];
@@ -181,6 +207,32 @@ mod tests {
                 "/run/carapace/shared/c1/mounts/{}",
                 n - 1
             )))
+        );
+
+        // `ro` and `noexec` reach the host mount (nosuid and nodev it always gets).
+        let mut spec3 = Spec::default();
+        let mut mounts = spec3.mounts().clone().unwrap();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc-ro")
+                .typ("bind")
+                .source("/etc")
+                .options(vec![
+                    "rbind".to_string(),
+                    "ro".to_string(),
+                    "noexec".to_string(),
+                ])
+                .build()
+                .unwrap(),
+        );
+        spec3.set_mounts(Some(mounts));
+        let binds3 = for_guest(&mut spec3, "c1", true).unwrap();
+        assert_eq!(
+            binds3[0].flags,
+            BindFlags {
+                read_only: true,
+                no_exec: true
+            }
         );
 
         let mut spec2 = spec.clone();

@@ -5,6 +5,7 @@
 //! re-exports them under short names and holds the constants both sides agree on.
 
 pub mod generated;
+pub mod id;
 
 pub use generated::agent;
 pub use generated::agent_ttrpc;

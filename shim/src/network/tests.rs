@@ -342,3 +342,21 @@ fn resolv_conf_is_parsed() {
     );
     assert_eq!(req.dns_options, vec!["ndots:5", "edns0"]);
 }
+
+#[test]
+fn the_host_namespace_is_refused_by_name() {
+    let own = Path::new("/proc/self/ns/net");
+    // The shim's own namespace under another name (what `--with-ns network:/proc/1/ns/net`
+    // gives when the shim runs in the host's).
+    let e = refuse_host_namespace(Path::new("/proc/thread-self/ns/net"), own).unwrap_err();
+    assert!(matches!(e, NetworkError::HostNamespace(_)), "{e}");
+    assert!(e.is_invalid_argument());
+    assert!(
+        e.to_string().contains("host's own network namespace"),
+        "{e}"
+    );
+    // Another namespace (any other file stands for one here: the check is by identity).
+    refuse_host_namespace(Path::new("/proc/self/ns/mnt"), own).unwrap();
+    let e = refuse_host_namespace(Path::new("/nonexistent/netns"), own).unwrap_err();
+    assert!(matches!(e, NetworkError::Namespace { .. }), "{e}");
+}
