@@ -1,5 +1,6 @@
-//! The virtio-fs device: the passthrough file system over the shared directory, features and
-//! configuration space (tag and request queue count), and the queue handler.
+//! The virtio-fs device: the passthrough file system over the shared directory behind the
+//! share's guard, features and configuration space (tag and request queue count), and the
+//! queue handler.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +12,9 @@ use fuse_virtio_queue::QueueT as _;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use virtio_queue::{Queue, QueueT};
 
+use super::guard::{Guard, Limits, Policy};
 use super::memory::SharedMemory;
-use super::request::{self, FsServer, Outcome, Policy};
+use super::request::{self, FsServer, Outcome, SharedGuard};
 use super::{CacheMode, FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, VirtioDevice,
@@ -32,9 +34,11 @@ pub struct Fs {
     config: [u8; CONFIG_LEN],
     acked_features: u64,
     server: Arc<FsServer>,
+    /// The share's rules and accounting, which the server calls through.
+    guard: Arc<SharedGuard>,
     policy: Policy,
     counters: DeviceCounters,
-    /// Requests the file system's policy refused so far, to rate-limit their logs.
+    /// Requests answered ENOSYS so far, to rate-limit their logs.
     denials: u64,
     active: Option<Active>,
 }
@@ -58,10 +62,38 @@ struct Active {
     mem: SharedMemory,
 }
 
+/// How one directory is shared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShareOptions {
+    /// The guest's cache policy.
+    pub cache: CacheMode,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Let the guest create block and character device nodes on the host.
+    pub allow_devices: bool,
+    /// Bounds on the inodes and handles the guest can make the VMM hold; `None`: from the
+    /// process's RLIMIT_NOFILE when the device is created ([`Limits::from_rlimit`]).
+    pub limits: Option<Limits>,
+}
+
 impl Fs {
+    /// Shares `path` under `tag` with the default options but `cache` and `read_only` (no
+    /// device nodes, bounds from RLIMIT_NOFILE).
+    pub fn new(tag: &str, path: &Path, cache: CacheMode, read_only: bool) -> Result<Fs, FsError> {
+        Fs::with_options(
+            tag,
+            path,
+            ShareOptions {
+                cache,
+                read_only,
+                ..ShareOptions::default()
+            },
+        )
+    }
+
     /// Shares `path` under `tag`. The directory is opened now, so a missing one is reported at
     /// start-up rather than at the guest's mount.
-    pub fn new(tag: &str, path: &Path, cache: CacheMode, read_only: bool) -> Result<Fs, FsError> {
+    pub fn with_options(tag: &str, path: &Path, options: ShareOptions) -> Result<Fs, FsError> {
         if tag.is_empty() || tag.len() > TAG_LEN {
             return Err(FsError::Tag(tag.to_string()));
         }
@@ -81,7 +113,7 @@ impl Fs {
         if !path.is_dir() {
             return Err(share_err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
         }
-        let (timeout, cache_policy) = match cache {
+        let (timeout, cache_policy) = match options.cache {
             CacheMode::Never => (Duration::ZERO, CachePolicy::Never),
             CacheMode::Auto => (Duration::from_secs(1), CachePolicy::Auto),
             CacheMode::Always => (Duration::from_secs(86400), CachePolicy::Always),
@@ -101,7 +133,7 @@ impl Fs {
             no_open: false,
             no_opendir: false,
             killpriv_v2: false,
-            // Needed for the xattrs the guest reads; setting is limited in request.rs.
+            // Needed for the xattrs the guest reads; setting is limited by the guard.
             xattr: true,
             // The root is opened at FUSE_INIT (and again after DESTROY); with import off the
             // server would also turn on no-open and writeback as if under a VFS.
@@ -111,7 +143,18 @@ impl Fs {
         };
         let fs: PassthroughFs<()> = PassthroughFs::new(cfg).map_err(share_err)?;
         // Import once now: an unreadable directory fails here, not at the guest's mount.
+        // The import (here and at each FUSE_INIT) sets the process's umask to 0, and that
+        // stays: the passthrough applies the guest's umask itself (`mode & !umask` in mkdir,
+        // mknod and create) and relies on the host applying none on top, or a guest's
+        // `mkdir -m 1777 /tmp` would become 1755 on the host. Every file the VMM itself
+        // creates (sockets included) must therefore be given explicit permissions.
         fs.import().map_err(share_err)?;
+        let policy = Policy {
+            read_only: options.read_only,
+            allow_devices: options.allow_devices,
+        };
+        let limits = options.limits.unwrap_or_else(Limits::from_rlimit);
+        let guard = Arc::new(Guard::new(fs, policy, limits));
 
         let mut config = [0u8; CONFIG_LEN];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
@@ -120,8 +163,9 @@ impl Fs {
             tag: tag.to_string(),
             config,
             acked_features: 0,
-            server: Arc::new(Server::new(fs)),
-            policy: Policy { read_only },
+            server: Arc::new(Server::new(guard.clone())),
+            guard,
+            policy,
             counters: DeviceCounters::default(),
             denials: 0,
             active: None,
@@ -131,6 +175,16 @@ impl Fs {
     /// The mount tag.
     pub fn tag(&self) -> &str {
         &self.tag
+    }
+
+    /// Inodes (the root excluded) and open handles the guest holds on the share now.
+    pub fn live(&self) -> (usize, usize) {
+        self.guard.live()
+    }
+
+    /// The bounds on them.
+    pub fn limits(&self) -> Limits {
+        self.guard.limits()
     }
 
     /// Features the driver accepted.
@@ -151,7 +205,7 @@ impl Fs {
         let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let done = request::serve(&self.server, self.policy, mem, chain);
+            let done = request::serve(&self.server, mem, chain);
             match done.outcome {
                 Outcome::Served => self.counters.completed(u64::from(done.used_len)),
                 Outcome::Denied(errno) => {
@@ -159,7 +213,7 @@ impl Fs {
                     self.denials += 1;
                     if self.denials <= 10 || self.denials.is_power_of_two() {
                         log::info!(
-                            "fs: refused a request with errno {errno} ({} so far)",
+                            "fs: answered a request with errno {errno} ({} so far)",
                             self.denials
                         );
                     }
@@ -179,7 +233,7 @@ impl Fs {
 }
 
 /// A virtio-queue 0.17 queue set up like `q`.
-fn alias_queue(q: &Queue) -> Result<fuse_virtio_queue::Queue, ActivateError> {
+pub(super) fn alias_queue(q: &Queue) -> Result<fuse_virtio_queue::Queue, ActivateError> {
     let mut c = fuse_virtio_queue::Queue::new(q.max_size())
         .map_err(|e| ActivateError::Backend(std::io::Error::other(format!("queue: {e:?}"))))?;
     c.set_size(q.size());

@@ -1,7 +1,9 @@
 //! virtio-fs: one host directory shared with the guest under a mount tag, served inside the
-//! VMM by fuse-backend-rs's passthrough file system (no separate daemon), with its own checks
-//! in front of the FUSE server: malformed requests are answered with errors and counted, and a
-//! read-only share or a forbidden xattr namespace is refused before the file system sees it.
+//! VMM by fuse-backend-rs's passthrough file system (no separate daemon). Malformed requests
+//! are answered with errors and counted before the FUSE server sees them (request.rs); the
+//! share's rules are enforced between the server and the file system, on the arguments the
+//! server parsed, so a guest rewriting a request while it is served cannot slip past them
+//! (guard.rs).
 //!
 //! The guest mounts it with `mount -t virtiofs <tag> <dir>`. Queue 0 is the high-priority
 //! queue (FORGET, INTERRUPT), queue 1 the one request queue; both are served the same way, on
@@ -15,19 +17,27 @@
 //! widen this stay off: file handles (`open_by_handle_at` can reach any file on the host file
 //! system), writeback caching, no-open and killpriv_v2. Only `user.` xattrs can be set or
 //! removed: `trusted.` and `security.` names act on the host with the VMM's privileges (a
-//! `security.capability` set by the guest would be honoured by the host).
+//! `security.capability` set by the guest would be honoured by the host). Block and character
+//! device nodes are refused unless the share allows them (overlayfs's whiteout, 0:0, is always
+//! allowed); setuid files are left to the host's `nosuid` mount. xattr buffers are clamped to
+//! 64 KiB, and the inodes and open handles the guest holds (one host descriptor each) are
+//! bounded from RLIMIT_NOFILE.
 //!
 //! DAX (mapping host files into a guest memory window) is not implemented; the configuration
 //! refuses `dax: true`.
 
 mod device;
+mod guard;
 mod memory;
 mod request;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_guard;
 
-pub use device::Fs;
+pub use device::{Fs, ShareOptions};
+pub use guard::{Limits, Policy, FD_RESERVE, MIN_HANDLES, MIN_INODES, XATTR_SIZE_MAX};
 
 /// Size of each of the device's queues. The Linux driver caps a request's pages at the queue
 /// size (no indirect descriptors are offered), so 1024 lets it send 1 MiB reads and writes.

@@ -1,15 +1,19 @@
-//! One FUSE request: the checks on the guest's descriptor chain and FUSE header made before
-//! fuse-backend-rs's server sees it, the share's own refusals (read-only shares, xattr
-//! namespaces), the hand-over to the server, and the error reply when any of these fails.
+//! One FUSE request: the structural checks on the guest's descriptor chain and FUSE header
+//! made before fuse-backend-rs's server sees it, the hand-over to the server, and the error
+//! reply when any of these fails.
 //!
 //! The server trusts the header's opcode more than it should (`Opcode::from` transmutes any
 //! value below 50, gaps included, when its trace logging is on) and does not check that the
-//! header's length fits the chain, so both are checked here first.
+//! header's length fits the chain, so both are checked here first. Nothing here decides what
+//! the share allows: the guest can rewrite its request between any check made here and the
+//! server's own reading of it, so the share's rules are enforced by [`super::guard::Guard`] on
+//! the arguments the server parsed.
 
-use std::io;
 use std::mem::size_of;
+use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, OpenIn, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, OutHeader};
+use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE, MAX_REQ_PAGES};
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -17,36 +21,26 @@ use fuse_virtio_queue::desc::split::Descriptor;
 use fuse_virtio_queue::DescriptorChain;
 use fuse_vm_memory::{Bytes as _, GuestMemory as _};
 
+use super::guard::Guard;
 use super::memory::AliasMemory;
 use super::MAX_DESCRIPTORS;
 
-/// The passthrough file system as the device serves it.
-pub type FsServer = Server<PassthroughFs<()>>;
+/// The passthrough file system as the device serves it, behind the share's guard.
+pub type FsServer = Server<Arc<SharedGuard>>;
+
+/// The guard over the passthrough file system (shared by the server and the device).
+pub type SharedGuard = Guard<PassthroughFs<()>>;
 
 const IN_HEADER_LEN: usize = size_of::<InHeader>();
 const OUT_HEADER_LEN: usize = size_of::<OutHeader>();
 
 // FUSE opcodes the checks below name (include/uapi/linux/fuse.h).
 const FUSE_FORGET: u32 = 2;
-const FUSE_SETATTR: u32 = 4;
-const FUSE_SYMLINK: u32 = 6;
-const FUSE_MKNOD: u32 = 8;
-const FUSE_MKDIR: u32 = 9;
-const FUSE_UNLINK: u32 = 10;
-const FUSE_RMDIR: u32 = 11;
-const FUSE_RENAME: u32 = 12;
-const FUSE_LINK: u32 = 13;
-const FUSE_OPEN: u32 = 14;
-const FUSE_WRITE: u32 = 16;
-const FUSE_SETXATTR: u32 = 21;
-const FUSE_REMOVEXATTR: u32 = 24;
 const FUSE_INIT: u32 = 26;
-const FUSE_CREATE: u32 = 35;
 const FUSE_INTERRUPT: u32 = 36;
+const FUSE_DESTROY: u32 = 38;
+const FUSE_NOTIFY_REPLY: u32 = 41;
 const FUSE_BATCH_FORGET: u32 = 42;
-const FUSE_FALLOCATE: u32 = 43;
-const FUSE_RENAME2: u32 = 45;
-const FUSE_COPY_FILE_RANGE: u32 = 47;
 const FUSE_SYNCFS: u32 = 50;
 const FUSE_TMPFILE: u32 = 51;
 const FUSE_STATX: u32 = 52;
@@ -57,32 +51,12 @@ fn server_knows(opcode: u32) -> bool {
     matches!(opcode, 1..=6 | 8..=18 | 20..=49)
 }
 
-/// Requests the guest sends without waiting for a reply.
+/// Requests the guest sends without waiting for a reply (NOTIFY_REPLY answers a request the
+/// device never makes).
 fn no_reply(opcode: u32) -> bool {
-    matches!(opcode, FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT)
-}
-
-/// Requests that change the share (refused with EROFS on a read-only one; OPEN is checked
-/// on its flags).
-fn modifies(opcode: u32) -> bool {
     matches!(
         opcode,
-        FUSE_SETATTR
-            | FUSE_SYMLINK
-            | FUSE_MKNOD
-            | FUSE_MKDIR
-            | FUSE_UNLINK
-            | FUSE_RMDIR
-            | FUSE_RENAME
-            | FUSE_LINK
-            | FUSE_WRITE
-            | FUSE_SETXATTR
-            | FUSE_REMOVEXATTR
-            | FUSE_CREATE
-            | FUSE_FALLOCATE
-            | FUSE_RENAME2
-            | FUSE_COPY_FILE_RANGE
-            | FUSE_TMPFILE
+        FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT | FUSE_NOTIFY_REPLY
     )
 }
 
@@ -96,9 +70,6 @@ const FUSE_MAX_PAGES: u32 = 1 << 22;
 const MAX_IO_PAGES: u16 = MAX_REQ_PAGES;
 const _: () = assert!(MAX_IO_PAGES as u32 * 4096 <= MAX_BUFFER_SIZE);
 const _: () = assert!(MAX_IO_PAGES as usize + 4 <= super::QUEUE_SIZE as usize);
-
-/// The only xattr namespace the guest may set or remove.
-const WRITABLE_XATTR_PREFIX: &[u8] = b"user.";
 
 /// Why a request was refused as malformed.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +123,7 @@ pub enum FsRequestError {
 pub enum Outcome {
     /// Answered by the server (possibly with an error the file system returned).
     Served,
-    /// Answered here with an errno, as the share's policy or a missing feature says.
+    /// Answered here with an errno: an opcode newer than the server.
     Denied(i32),
     /// Malformed: counted, and answered with an error when the chain has room.
     Refused(FsRequestError),
@@ -167,17 +138,9 @@ pub struct Done {
     pub outcome: Outcome,
 }
 
-/// The share's rules checked in front of the file system.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Policy {
-    /// Refuse every change with EROFS.
-    pub read_only: bool,
-}
-
 /// Serves one request chain.
-pub fn serve(
-    server: &FsServer,
-    policy: Policy,
+pub fn serve<F: FileSystem + Sync>(
+    server: &Server<F>,
     mem: &AliasMemory,
     chain: DescriptorChain<&AliasMemory>,
 ) -> Done {
@@ -187,6 +150,8 @@ pub fn serve(
     };
     let (readable, writable) = match check_chain(mem, chain.clone()) {
         Ok(sizes) => sizes,
+        // Not a request at all (buffers outside memory, out of order, no end): its reply
+        // area is not well defined, so it goes back unanswered (and counted).
         Err(e) => return refused(0, e),
     };
     let reply = |unique, errno| reply_error(mem, &chain, writable, unique, errno);
@@ -196,7 +161,7 @@ pub fn serve(
             FsRequestError::ShortHeader(readable),
         );
     }
-    let mut reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+    let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(r) => r,
         // check_chain found every buffer in memory: only an overflow gets here.
         Err(e) => {
@@ -229,25 +194,34 @@ pub fn serve(
         );
     }
     let opcode = header.opcode;
-    let known = server_knows(opcode);
-    if !known && !matches!(opcode, FUSE_SYNCFS | FUSE_TMPFILE | FUSE_STATX) {
+    if !server_knows(opcode) {
+        if matches!(opcode, FUSE_SYNCFS | FUSE_TMPFILE | FUSE_STATX) {
+            // FUSE opcodes newer than fuse-backend-rs: the guest falls back when told ENOSYS.
+            return Done {
+                used_len: reply(unique, libc::ENOSYS),
+                outcome: Outcome::Denied(libc::ENOSYS),
+            };
+        }
         return refused(reply(unique, libc::ENOSYS), FsRequestError::Opcode(opcode));
     }
     if !no_reply(opcode) && writable < OUT_HEADER_LEN {
         return refused(0, FsRequestError::NoReplyBuffer(opcode));
     }
-    if let Some(errno) = denied(policy, &header, &mut reader, known) {
-        return Done {
-            used_len: reply(unique, errno),
-            outcome: Outcome::Denied(errno),
-        };
-    }
+    // From here on every request that expects a reply gets one: a used length of 0 leaves the
+    // guest's reply header as it was, which its driver reads as success.
+    let fail = |errno| {
+        if no_reply(opcode) {
+            0
+        } else {
+            reply(unique, errno)
+        }
+    };
     let init_flags = (opcode == FUSE_INIT).then(|| init_flags(&reader)).flatten();
     let writer = match VirtioFsWriter::new(mem, chain.clone()) {
         Ok(w) => Writer::from(w),
         Err(e) => {
             return refused(
-                0,
+                fail(libc::EIO),
                 FsRequestError::Server {
                     opcode,
                     why: e.to_string(),
@@ -256,6 +230,15 @@ pub fn serve(
         }
     };
     match server.handle_message(reader, writer, None, None) {
+        Ok(0) if !no_reply(opcode) => {
+            // The server answers DESTROY (and nothing else that waits) without a reply; the
+            // guest waits for one.
+            let errno = if opcode == FUSE_DESTROY { 0 } else { libc::EIO };
+            Done {
+                used_len: reply(unique, errno),
+                outcome: Outcome::Served,
+            }
+        }
         Ok(n) => {
             if let Some(offered) = init_flags {
                 widen_init_reply(mem, &chain, n, offered);
@@ -265,67 +248,13 @@ pub fn serve(
                 outcome: Outcome::Served,
             }
         }
-        Err(e) => {
-            let used_len = if no_reply(opcode) {
-                0
-            } else {
-                reply(unique, libc::EIO)
-            };
-            refused(
-                used_len,
-                FsRequestError::Server {
-                    opcode,
-                    why: e.to_string(),
-                },
-            )
-        }
-    }
-}
-
-/// The errno to answer with instead of serving the request, if the share's rules refuse it or
-/// the server lacks the opcode. `reader` is positioned at the header; it is read from a copy.
-fn denied(
-    policy: Policy,
-    header: &InHeader,
-    reader: &mut Reader<'_, ()>,
-    known: bool,
-) -> Option<i32> {
-    if !known {
-        // FUSE opcodes newer than fuse-backend-rs: the guest falls back when told ENOSYS.
-        return Some(libc::ENOSYS);
-    }
-    let opcode = header.opcode;
-    if policy.read_only && modifies(opcode) {
-        return Some(libc::EROFS);
-    }
-    let body_len = header.len as usize - IN_HEADER_LEN;
-    let mut body = reader.clone();
-    // Skip the header; the length was checked to fit.
-    let _ = body.read_obj::<InHeader>();
-    if policy.read_only && opcode == FUSE_OPEN {
-        // A short body is left to the server, which answers it as malformed.
-        if let Ok(open) = body.read_obj::<OpenIn>() {
-            let flags = open.flags as i32;
-            if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-                return Some(libc::EROFS);
-            }
-        }
-        return None;
-    }
-    let name_at = match opcode {
-        // struct fuse_setxattr_in without FUSE_SETXATTR_EXT (fuse-backend-rs never offers it).
-        FUSE_SETXATTR => 8,
-        FUSE_REMOVEXATTR => 0,
-        _ => return None,
-    };
-    let mut buf = vec![0u8; body_len.min(name_at + 256)];
-    if io::Read::read_exact(&mut body, &mut buf).is_err() || buf.len() < name_at {
-        return None;
-    }
-    if buf[name_at..].starts_with(WRITABLE_XATTR_PREFIX) {
-        None
-    } else {
-        Some(libc::EPERM)
+        Err(e) => refused(
+            fail(libc::EIO),
+            FsRequestError::Server {
+                opcode,
+                why: e.to_string(),
+            },
+        ),
     }
 }
 
@@ -423,8 +352,8 @@ fn check_chain(
     Ok((readable, writable))
 }
 
-/// Writes a FUSE reply carrying only `-errno` into the chain's writable buffers; returns the
-/// bytes written (0 when there is no room for a reply header).
+/// Writes a FUSE reply carrying only `-errno` (0: success without a body) into the chain's
+/// writable buffers; returns the bytes written (0 when there is no room for a reply header).
 fn reply_error(
     mem: &AliasMemory,
     chain: &DescriptorChain<&AliasMemory>,

@@ -18,13 +18,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::{CacheMode, Fs, FsError, QUEUE_SIZE};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
 
-const MEM_SIZE: u64 = 0x100_0000;
-const QSIZE: u16 = 256;
+pub(super) const MEM_SIZE: u64 = 0x100_0000;
+pub(super) const QSIZE: u16 = 256;
 const HIPRIO_RING: u64 = 0;
-const REQUEST_RING: u64 = 0x1_0000;
-const REQ: u64 = 0x10_0000;
-const RESP: u64 = 0x20_0000;
-const RESP_LEN: u32 = 0x2_0000;
+pub(super) const REQUEST_RING: u64 = 0x1_0000;
+pub(super) const REQ: u64 = 0x10_0000;
+pub(super) const RESP: u64 = 0x20_0000;
+pub(super) const RESP_LEN: u32 = 0x2_0000;
 
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
@@ -38,14 +38,14 @@ const FUSE_SETXATTR: u32 = 21;
 const FUSE_GETXATTR: u32 = 22;
 const FUSE_INIT: u32 = 26;
 const FUSE_STATX: u32 = 52;
-const ROOT: u64 = 1;
+pub(super) const ROOT: u64 = 1;
 
 /// A temporary directory tree, removed on drop: `share/` is what the device serves and
 /// `outside` a file next to it the guest must never reach.
-struct TempTree(PathBuf);
+pub(super) struct TempTree(pub(super) PathBuf);
 
 impl TempTree {
-    fn new(name: &str) -> TempTree {
+    pub(super) fn new(name: &str) -> TempTree {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let path =
@@ -56,7 +56,7 @@ impl TempTree {
         TempTree(path)
     }
 
-    fn share(&self) -> PathBuf {
+    pub(super) fn share(&self) -> PathBuf {
         self.0.join("share")
     }
 }
@@ -68,9 +68,9 @@ impl Drop for TempTree {
 }
 
 /// A device activated over mock queues, and the bookkeeping to send it requests.
-struct Guest {
-    dev: Fs,
-    mem: GuestMemoryMmap,
+pub(super) struct Guest {
+    pub(super) dev: Fs,
+    pub(super) mem: GuestMemoryMmap,
     irq: Arc<Interrupt>,
     queues: Vec<MockSplitQueue<'static, GuestMemoryMmap>>,
     next_desc: [u16; 2],
@@ -80,19 +80,19 @@ struct Guest {
 
 /// One FUSE reply: the header's error and length, and the body after it.
 #[derive(Debug)]
-struct Reply {
-    used_len: u32,
-    error: i32,
-    len: u32,
-    unique: u64,
-    body: Vec<u8>,
+pub(super) struct Reply {
+    pub(super) used_len: u32,
+    pub(super) error: i32,
+    pub(super) len: u32,
+    pub(super) unique: u64,
+    pub(super) body: Vec<u8>,
 }
 
-fn u64_at(b: &[u8], off: usize) -> u64 {
+pub(super) fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+pub(super) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
 }
 
@@ -100,13 +100,17 @@ fn counter(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-fn name(s: &str) -> Vec<u8> {
+pub(super) fn name(s: &str) -> Vec<u8> {
     CString::new(s).unwrap().into_bytes_with_nul()
 }
 
 impl Guest {
-    fn new(share: &Path, read_only: bool) -> Guest {
-        let mut dev = Fs::new("carapace", share, CacheMode::Never, read_only).unwrap();
+    pub(super) fn new(share: &Path, read_only: bool) -> Guest {
+        Guest::with_device(Fs::new("carapace", share, CacheMode::Never, read_only).unwrap())
+    }
+
+    /// A guest of `dev`.
+    pub(super) fn with_device(mut dev: Fs) -> Guest {
         // The mock queues borrow the memory for their lifetime; leak one per test.
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap(),
@@ -131,7 +135,7 @@ impl Guest {
 
     /// Adds a chain of (addr, len, device-writable) buffers on queue `q` and serves it;
     /// returns the used length.
-    fn raw_chain(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u32 {
+    pub(super) fn raw_chain(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u32 {
         let first = self.next_desc[q];
         let raw: Vec<RawDescriptor> = descs
             .iter()
@@ -166,7 +170,7 @@ impl Guest {
     }
 
     /// Writes a FUSE header and `body` at REQ, with `len` in the header (normally the sum).
-    fn write_request(&mut self, opcode: u32, nodeid: u64, body: &[u8], len: u32) -> u64 {
+    pub(super) fn write_request(&mut self, opcode: u32, nodeid: u64, body: &[u8], len: u32) -> u64 {
         self.unique += 2;
         let mut h = Vec::with_capacity(40 + body.len());
         h.extend_from_slice(&len.to_le_bytes());
@@ -184,7 +188,7 @@ impl Guest {
         self.unique
     }
 
-    fn read_reply(&self, used_len: u32) -> Reply {
+    pub(super) fn read_reply(&self, used_len: u32) -> Reply {
         let mut b = vec![0u8; used_len as usize];
         self.mem.read_slice(&mut b, GuestAddress(RESP)).unwrap();
         assert!(b.len() >= 16, "a reply has a header: used {used_len}");
@@ -198,7 +202,7 @@ impl Guest {
     }
 
     /// Sends one well-formed request on the request queue and returns its reply.
-    fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
+    pub(super) fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
         let len = 40 + body.len() as u32;
         let unique = self.write_request(opcode, nodeid, body, len);
         let used = self.raw_chain(1, &[(REQ, len, false), (RESP, RESP_LEN, true)]);
@@ -208,7 +212,7 @@ impl Guest {
         r
     }
 
-    fn init(&mut self) -> Reply {
+    pub(super) fn init(&mut self) -> Reply {
         let mut body = Vec::new();
         for v in [7u32, 31, 0x2_0000, 0] {
             body.extend_from_slice(&v.to_le_bytes());
@@ -217,7 +221,7 @@ impl Guest {
     }
 
     /// LOOKUP: (errno, nodeid, size, mode).
-    fn lookup(&mut self, parent: u64, n: &str) -> (i32, u64, u64, u32) {
+    pub(super) fn lookup(&mut self, parent: u64, n: &str) -> (i32, u64, u64, u32) {
         let r = self.call(FUSE_LOOKUP, parent, &name(n));
         if r.error != 0 {
             return (-r.error, 0, 0, 0);
@@ -230,7 +234,7 @@ impl Guest {
         )
     }
 
-    fn open(&mut self, nodeid: u64, flags: i32) -> Result<u64, i32> {
+    pub(super) fn open(&mut self, nodeid: u64, flags: i32) -> Result<u64, i32> {
         let mut body = (flags as u32).to_le_bytes().to_vec();
         body.extend_from_slice(&0u32.to_le_bytes());
         let r = self.call(FUSE_OPEN, nodeid, &body);
@@ -240,7 +244,7 @@ impl Guest {
         Ok(u64_at(&r.body, 0))
     }
 
-    fn read(&mut self, nodeid: u64, fh: u64, size: u32) -> Reply {
+    pub(super) fn read(&mut self, nodeid: u64, fh: u64, size: u32) -> Reply {
         let mut body = Vec::new();
         body.extend_from_slice(&fh.to_le_bytes());
         body.extend_from_slice(&0u64.to_le_bytes());
@@ -249,7 +253,7 @@ impl Guest {
         self.call(FUSE_READ, nodeid, &body)
     }
 
-    fn bad(&self) -> u64 {
+    pub(super) fn bad(&self) -> u64 {
         counter(&self.dev.counters().bad_requests)
     }
 }
