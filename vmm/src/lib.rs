@@ -1,10 +1,12 @@
 //! carapace-vmm: the KVM microVM monitor. It owns the VM and its vCPUs, guest memory, direct
-//! kernel boot, the devices the guest sees (serial, i8042, virtio-mmio) and the control API.
+//! kernel boot, the devices the guest sees (serial, i8042, virtio-mmio), the control API, and
+//! the owner-only Unix sockets the API and the vsock device listen on (`uds`).
 
 pub mod api;
 pub mod arch;
 pub mod bus;
 pub mod config;
 pub mod devices;
+pub mod uds;
 pub mod vcpu;
 pub mod vm;

@@ -233,6 +233,26 @@ impl MachineHandle {
     pub fn overhead_rss_kib(&self) -> Option<u64> {
         overhead_rss_kib(&self.guest_ranges)
     }
+
+    /// A handle to no machine (no vCPUs, no devices), for tests of the control API.
+    #[cfg(test)]
+    pub(crate) fn detached() -> MachineHandle {
+        MachineHandle {
+            control: Arc::new(VcpuControl::default()),
+            exit: Arc::new(VmExit::new().expect("eventfd")),
+            transports: Vec::new(),
+            started: Instant::now(),
+            guest_ranges: Vec::new(),
+            vcpus: 1,
+            memory_mib: 128,
+        }
+    }
+
+    /// Why the machine ended, if it has (tests).
+    #[cfg(test)]
+    pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.reason()
+    }
 }
 
 /// Sums the resident size of every mapping of this process that is not guest memory.
