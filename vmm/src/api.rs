@@ -397,30 +397,4 @@ mod tests {
         });
         assert_eq!(code, Some(0));
     }
-
-    /// connect(2) on an existing socket (UnixStream::connect would make a new descriptor).
-    fn connect_fd(s: &UnixStream, path: &Path) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: sockaddr_un is plain data.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, b) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-            *d = *b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: connect reads `len` bytes of `addr`, which we own.
-        let r = unsafe {
-            libc::connect(
-                s.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
 }

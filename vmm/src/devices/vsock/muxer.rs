@@ -7,6 +7,14 @@
 //! the only one the device registers with the event loop: connections come and go without
 //! event-loop bookkeeping, a reset drops them by closing them, and no socket the device
 //! cannot serve right now (no credit, no rx buffers, inactive device) keeps the loop busy.
+//!
+//! Host access: the listening socket is mode 0600 whatever the umask, and a host process
+//! whose SO_PEERCRED uid is neither the VMM's nor root is closed before it can send its
+//! `CONNECT` line (see `crate::uds`). The VMM binds no other socket: the `<path>_<port>`
+//! sockets are the host's (the shim's), which the muxer only connects to. When accept fails
+//! for want of descriptors (EMFILE, ENFILE, ...), the listener is retried by a timer after
+//! `ACCEPT_BACKOFF` instead of at once, so the event loop neither spins nor forgets the
+//! connections waiting in the backlog (the listener is edge-triggered).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -20,13 +28,20 @@ use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{read_connect_line, Connection, Verdict};
 use super::packet::{Header, HOST_CID, OP_REQUEST, OP_RST};
 use super::VsockError;
+use crate::uds::{bind_private, check_peer, LogLimit, ACCEPT_BACKOFF};
 
 /// Epoll data of the listening socket (streams use their fd number).
 const LISTENER_TOKEN: u64 = u64::MAX;
+/// Epoll data of the timer that retries accepting after a failure.
+const RETRY_TOKEN: u64 = u64::MAX - 1;
+
+static REFUSED_PEERS: LogLimit = LogLimit::new();
+static ACCEPT_FAILURES: LogLimit = LogLimit::new();
 
 /// First host port handed to host-initiated connections (Firecracker's choice: far from the
 /// ports host services listen on).
@@ -64,6 +79,8 @@ pub(crate) struct Muxer {
     uds_path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
+    /// Armed when accept failed; when it fires, accepting is retried.
+    retry: TimerFd,
     /// The listener is in the epoll set (only while the device is active).
     listening: bool,
     pending_host: HashMap<RawFd, PendingHost>,
@@ -75,7 +92,7 @@ pub(crate) struct Muxer {
 }
 
 impl Muxer {
-    /// Binds the listening socket at `uds_path`, which must not exist.
+    /// Binds the listening socket at `uds_path` (mode 0600), which must not exist.
     pub fn new(guest_cid: u64, uds_path: PathBuf) -> io::Result<Self> {
         if uds_path.symlink_metadata().is_ok() {
             return Err(io::Error::new(
@@ -86,13 +103,25 @@ impl Muxer {
                 ),
             ));
         }
-        let listener = UnixListener::bind(&uds_path)?;
+        let listener = bind_private(&uds_path)?;
         listener.set_nonblocking(true)?;
+        let retry = TimerFd::new()?;
+        // SAFETY: fcntl on the timer's own descriptor; reading it then never blocks.
+        if unsafe { libc::fcntl(retry.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            retry.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, RETRY_TOKEN),
+        )?;
         Ok(Muxer {
             guest_cid,
             uds_path,
             listener,
-            epoll: Epoll::new()?,
+            epoll,
+            retry,
             listening: false,
             pending_host: HashMap::new(),
             conns: HashMap::new(),
@@ -133,6 +162,9 @@ impl Muxer {
                 EpollEvent::default(),
             );
             self.listening = false;
+        }
+        if let Err(e) = self.retry.clear() {
+            log::warn!("vsock: cannot disarm the accept retry timer: {e}");
         }
         // Closing the sockets takes them out of the epoll set.
         self.pending_host.clear();
@@ -187,6 +219,13 @@ impl Muxer {
                 let set = EventSet::from_bits_truncate(ev.events());
                 match ev.data() {
                     LISTENER_TOKEN => self.accept(),
+                    RETRY_TOKEN => {
+                        // Non-blocking: a stale event reads EAGAIN.
+                        let _ = self.retry.wait();
+                        if self.listening {
+                            self.accept();
+                        }
+                    }
                     token => self.stream_event(token as RawFd, set),
                 }
             }
@@ -199,11 +238,27 @@ impl Muxer {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    log::warn!("vsock: accepting a host connection: {e}");
+                    // EMFILE and kin: the connection stays in the backlog and no new edge
+                    // will come for it; try again after the back-off.
+                    if let Some(n) = ACCEPT_FAILURES.hit() {
+                        log::warn!(
+                            "vsock: accepting a host connection failed ({n} so far): {e}; retrying in {ACCEPT_BACKOFF:?}"
+                        );
+                    }
+                    if let Err(e) = self.retry.reset(ACCEPT_BACKOFF, None) {
+                        log::error!("vsock: cannot arm the accept retry timer: {e}");
+                    }
                     return;
                 }
             };
+            if let Err(e) = check_peer(&stream) {
+                if let Some(n) = REFUSED_PEERS.hit() {
+                    log::warn!("vsock: closed a host connection ({n} so far): {e}");
+                }
+                continue;
+            }
             let fd = stream.as_raw_fd();
             if let Err(e) = stream
                 .set_nonblocking(true)

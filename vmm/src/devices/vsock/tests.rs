@@ -1091,3 +1091,5 @@ fn the_event_loop_drives_the_backend() {
     drop(sub);
     assert!(!Path::new(&uds).exists());
 }
+
+mod host_access;
