@@ -2,7 +2,6 @@
 //! devices, vCPUs), run until the guest resets, faults or is shut down, and the handle the
 //! control API uses to pause, resume, stop and inspect it.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
@@ -20,7 +19,7 @@ use crate::arch;
 use crate::bus::{Bus, SharedDevice};
 use crate::config::{Serial, VmConfig};
 use crate::devices::legacy::{
-    ResetTrigger, SerialConsole, I8042, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
+    ConsoleLog, ResetTrigger, SerialConsole, I8042, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
 };
 use crate::devices::virtio::mmio::{MmioSubscriber, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::VirtioDevice;
@@ -436,19 +435,15 @@ impl Machine {
             EventFd::new(EFD_NONBLOCK).map_err(|e| MachineError::Device(e.to_string()))?;
         vm.register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(vm_err("KVM_IRQFD (serial)"))?;
-        let out: Box<dyn Write + Send> = match &config.serial {
-            Serial::Stdout => Box::new(std::io::stdout()),
-            Serial::Off => Box::new(std::io::sink()),
-            Serial::File(p) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| {
-                        MachineError::Device(format!("serial file {}: {e}", p.display()))
-                    })?,
-            ),
-        };
+        let out: Box<dyn Write + Send> =
+            match &config.serial {
+                Serial::Stdout => Box::new(std::io::stdout()),
+                Serial::Off => Box::new(std::io::sink()),
+                // Capped at CONSOLE_LOG_CAP by rotation to `<file>.1`.
+                Serial::File(p) => Box::new(ConsoleLog::open(p).map_err(|e| {
+                    MachineError::Device(format!("serial file {}: {e}", p.display()))
+                })?),
+            };
         let serial: SharedDevice = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
         let bus_err = |e: crate::bus::Overlap| MachineError::Device(e.to_string());
         pio.insert(serial.clone(), SERIAL_PORT, 8)
