@@ -1,6 +1,11 @@
 //! The virtio-mmio transport (virtio 1.2 section 4.2, version 2 register layout): the
 //! registers a vCPU reads and writes, queue set-up, device status and activation, and the
 //! event-loop subscriber that turns queue notifications (ioeventfds) into device work.
+//!
+//! When the device side cannot go on (invalid queues or a failed activation at DRIVER_OK,
+//! DRIVER_OK without FEATURES_OK, a reset the device cannot do) the transport sets
+//! DEVICE_NEEDS_RESET and raises a configuration-change interrupt, as virtio 1.2 section
+//! 2.1.2 asks; FAILED is the driver's bit and the device never sets it.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +30,6 @@ const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_NEEDS_RESET: u32 = 0x40;
-const STATUS_FAILED: u32 = 0x80;
 
 const ACTIVATE_TOKEN: u32 = TRANSPORT_EVENT_BASE + 0xfff0;
 
@@ -223,10 +227,11 @@ impl MmioTransport {
             let needed = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
             if v & needed != needed {
                 log::warn!(
-                    "{}: DRIVER_OK before FEATURES_OK; device failed",
+                    "{}: DRIVER_OK before FEATURES_OK; the device needs a reset",
                     self.name()
                 );
-                self.status = v | STATUS_FAILED;
+                self.status = v;
+                self.needs_reset();
                 return;
             }
             self.pending_activation = true;
@@ -242,8 +247,7 @@ impl MmioTransport {
                     "{}: the device cannot be reset after activation",
                     self.name()
                 );
-                self.status |= STATUS_NEEDS_RESET;
-                self.interrupt.signal_config_change();
+                self.needs_reset();
                 return;
             }
             self.activated = false;
@@ -258,6 +262,13 @@ impl MmioTransport {
         for q in &mut self.queues {
             q.reset();
         }
+    }
+
+    /// The device cannot go on until the driver resets it: DEVICE_NEEDS_RESET, and a
+    /// configuration-change interrupt so the driver looks at the status.
+    fn needs_reset(&mut self) {
+        self.status |= STATUS_NEEDS_RESET;
+        self.interrupt.signal_config_change();
     }
 
     /// Activates the device if DRIVER_OK is pending (event loop thread).
@@ -275,10 +286,10 @@ impl MmioTransport {
         for (i, q) in ready.iter().enumerate() {
             if !q.is_valid(&self.mem) {
                 log::warn!(
-                    "{}: queue {i} is not valid (bad addresses or size); device failed",
+                    "{}: queue {i} is not valid (bad addresses or size); the device needs a reset",
                     self.name()
                 );
-                self.status |= STATUS_FAILED;
+                self.needs_reset();
                 return;
             }
         }
@@ -292,8 +303,11 @@ impl MmioTransport {
                 log::debug!("{}: activated", self.name());
             }
             Err(e) => {
-                log::warn!("{}: activation failed: {e}", self.name());
-                self.status |= STATUS_FAILED;
+                log::warn!(
+                    "{}: activation failed: {e}; the device needs a reset",
+                    self.name()
+                );
+                self.needs_reset();
             }
         }
     }
@@ -402,5 +416,156 @@ impl MutEventSubscriber for MmioSubscriber {
         } else if t.activated {
             t.device.process_backend(events, ops);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::{ActivateError, DeviceCounters, INT_CONFIG_CHANGE};
+    use event_manager::{EventManager, SubscriberOps};
+    use vm_memory::GuestAddress;
+
+    const STATUS_FAILED: u32 = 0x80;
+    const MEM: u64 = 0x10000;
+
+    /// A device with one queue whose activation fails when `fail` is set.
+    struct Dummy {
+        fail: bool,
+        activated: Arc<Mutex<bool>>,
+        counters: DeviceCounters,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn name(&self) -> &str {
+            "dummy"
+        }
+        fn device_type(&self) -> u32 {
+            0x1234
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn set_acked_features(&mut self, _features: u64) {}
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn activate(
+            &mut self,
+            _mem: GuestMemory,
+            _interrupt: Arc<Interrupt>,
+            _queues: Vec<Queue>,
+        ) -> Result<(), ActivateError> {
+            if self.fail {
+                return Err(ActivateError::Backend(std::io::Error::other("no backend")));
+            }
+            *self.activated.lock().unwrap() = true;
+            Ok(())
+        }
+        fn process_queue(&mut self, _index: usize) {}
+        fn reset(&mut self) -> bool {
+            true
+        }
+        fn counters(&self) -> &DeviceCounters {
+            &self.counters
+        }
+    }
+
+    fn write(t: &Arc<Mutex<MmioTransport>>, offset: u64, v: u32) {
+        t.lock().unwrap().write(offset, &v.to_le_bytes());
+    }
+
+    fn read(t: &Arc<Mutex<MmioTransport>>, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.lock().unwrap().read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// A transport over `Dummy`, set up by a driver up to DRIVER_OK with queue 0's rings at
+    /// `ring_base`, and activated by an event loop turn.
+    fn driver_ok(fail: bool, ring_base: u64) -> (Arc<Mutex<MmioTransport>>, Arc<Mutex<bool>>) {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        let activated = Arc::new(Mutex::new(false));
+        let dev = Dummy {
+            fail,
+            activated: activated.clone(),
+            counters: DeviceCounters::default(),
+        };
+        let t = Arc::new(Mutex::new(MmioTransport::new(Box::new(dev), mem).unwrap()));
+        let base = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        write(&t, 0x70, base);
+        write(&t, 0x24, 1);
+        write(&t, 0x20, 1); // VERSION_1, bit 32
+        write(&t, 0x70, base | STATUS_FEATURES_OK);
+        write(&t, 0x30, 0);
+        write(&t, 0x38, 16);
+        write(&t, 0x80, ring_base as u32);
+        write(&t, 0x90, (ring_base + 0x100) as u32);
+        write(&t, 0xa0, (ring_base + 0x200) as u32);
+        write(&t, 0x44, 1);
+        write(&t, 0x70, base | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> = EventManager::new().unwrap();
+        em.add_subscriber(Box::new(MmioSubscriber(t.clone())));
+        em.run_with_timeout(1000).unwrap();
+        (t, activated)
+    }
+
+    fn assert_needs_reset(t: &Arc<Mutex<MmioTransport>>) {
+        let status = read(t, 0x70);
+        assert_ne!(status & STATUS_NEEDS_RESET, 0, "{status:#x}");
+        assert_eq!(
+            status & STATUS_FAILED,
+            0,
+            "FAILED is the driver's: {status:#x}"
+        );
+        assert_ne!(read(t, 0x60) & INT_CONFIG_CHANGE, 0);
+        assert!(t.lock().unwrap().interrupt().eventfd().read().unwrap() >= 1);
+        // The driver's reset clears it.
+        write(t, 0x70, 0);
+        assert_eq!(read(t, 0x70), 0);
+    }
+
+    #[test]
+    fn a_device_that_activates_gets_no_needs_reset() {
+        let (t, activated) = driver_ok(false, 0x1000);
+        assert!(*activated.lock().unwrap());
+        assert_eq!(read(&t, 0x70) & STATUS_NEEDS_RESET, 0);
+        assert_eq!(read(&t, 0x60), 0);
+    }
+
+    #[test]
+    fn a_failed_activation_sets_needs_reset_and_signals_a_config_change() {
+        let (t, activated) = driver_ok(true, 0x1000);
+        assert!(!*activated.lock().unwrap());
+        assert_needs_reset(&t);
+    }
+
+    #[test]
+    fn an_invalid_queue_sets_needs_reset_and_the_device_is_not_activated() {
+        // Rings past the end of guest memory.
+        let (t, activated) = driver_ok(false, MEM + 0x1000);
+        assert!(!*activated.lock().unwrap());
+        assert_needs_reset(&t);
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_sets_needs_reset() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        let dev = Dummy {
+            fail: false,
+            activated: Arc::new(Mutex::new(false)),
+            counters: DeviceCounters::default(),
+        };
+        let t = Arc::new(Mutex::new(MmioTransport::new(Box::new(dev), mem).unwrap()));
+        write(
+            &t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
+        );
+        assert!(!t.lock().unwrap().pending_activation);
+        assert_needs_reset(&t);
     }
 }
