@@ -1,6 +1,12 @@
 //! The `carapace-vmm` binary: boots one microVM from a JSON config file (`--config`) or from
 //! flags, serves the control socket, and exits with a status saying how the guest ended:
 //! 0 reset, power-off or API shutdown; 3 triple fault; 1 error; 2 refused configuration.
+//!
+//! Before any device exists, the VMM raises its soft RLIMIT_NOFILE to the hard limit, at
+//! most [`NOFILE_TARGET`] (131072): the fs device holds a descriptor per open guest inode
+//! and handle and bounds them by the soft limit in force when it is created, and vsock
+//! connections each take one. The usual soft default of 1024 would give the guest EMFILE
+//! early; the accept loops survive EMFILE anyway (they back off and retry).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +23,35 @@ const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--init
        [--vsock CID,PATH] [--rng] [--fs TAG,PATH[,cache=never|auto|always][,ro]]...
 Flags override the config file's values; --block, --net and --fs add to its devices.
 Set CARAPACE_VMM_STARTUP_REPORT=1 to print CPU time and RSS at the first KVM_RUN.";
+
+/// The soft RLIMIT_NOFILE the VMM raises itself to, if the hard limit allows (else to the
+/// hard limit): 131072 descriptors. The usual soft default, 1024, is too few for a guest
+/// with many open files on its shares; 131072 is a quarter of systemd's default hard limit
+/// (524288) and an eighth of the kernel's default `fs.nr_open` (1048576), so the raise
+/// succeeds under common hard limits while keeping a runaway guest's descriptor use bounded.
+const NOFILE_TARGET: u64 = 131_072;
+
+/// Raises the soft RLIMIT_NOFILE to min(hard, [`NOFILE_TARGET`]) (never lowers it) and
+/// returns the soft limit now in force. Makes system calls only (tests run it after fork).
+fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let want = rl.rlim_max.min(NOFILE_TARGET as libc::rlim_t);
+    if rl.rlim_cur < want {
+        rl.rlim_cur = want;
+        // SAFETY: setrlimit reads the rlimit we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(rl.rlim_cur)
+}
 
 /// A command line the VMM refuses.
 #[derive(Debug)]
@@ -183,6 +218,11 @@ fn main() -> ExitCode {
         eprintln!("carapace-vmm: {e}");
         return ExitCode::from(2);
     }
+    // Before the devices: the fs device sizes its bounds by the soft limit in force.
+    match raise_nofile_limit() {
+        Ok(n) => log::debug!("RLIMIT_NOFILE soft limit: {n}"),
+        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
     // SIGTERM, SIGINT and SIGHUP end the VM in order (sockets removed), like an API shutdown:
     // blocked here so every thread inherits the mask, and taken by one thread with sigwait.
     let signals = termination_signals();
@@ -313,6 +353,56 @@ mod tests {
         assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
         assert!(c.rng);
         assert_eq!(c.serial, Serial::Off);
+    }
+
+    #[test]
+    fn the_soft_nofile_limit_is_raised_to_the_hard_limit_at_most_131072() {
+        let get = || {
+            let mut rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the rlimit we own.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+            rl
+        };
+        let set = |cur: u64, max: u64| {
+            let rl = libc::rlimit {
+                rlim_cur: cur as libc::rlim_t,
+                rlim_max: max as libc::rlim_t,
+            };
+            // SAFETY: setrlimit reads the rlimit we own.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 }
+        };
+        // In a child (it lowers its own limits), making system calls only.
+        // SAFETY: the child makes system calls only and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let hard = get().rlim_max;
+            let code = if !set(64, hard) {
+                10
+            } else if raise_nofile_limit().ok() != Some(hard.min(NOFILE_TARGET)) {
+                11
+            } else if get().rlim_cur != hard.min(NOFILE_TARGET) {
+                12
+            } else if !set(64, 1000) {
+                13
+            } else if raise_nofile_limit().ok() != Some(1000) || get().rlim_cur != 1000 {
+                14
+            } else if !set(500, 500) || raise_nofile_limit().ok() != Some(500) {
+                15
+            } else {
+                0
+            };
+            // SAFETY: _exit ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waitpid writes the status of our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 0);
     }
 
     #[test]
