@@ -362,20 +362,25 @@ pub(crate) mod testutil {
 
     /// Opens descriptors until the process has none left (EMFILE); returns them.
     pub fn exhaust_fds() -> Vec<std::os::fd::OwnedFd> {
-        use std::os::fd::FromRawFd;
-        let mut fds = Vec::new();
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let emfile = |e: &std::io::Error| e.raw_os_error() == Some(libc::EMFILE);
+        let base = match std::fs::File::open("/dev/null") {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) if emfile(&e) => return Vec::new(),
+            Err(e) => panic!("/dev/null: {e}"),
+        };
+        let raw = base.as_raw_fd();
+        let mut fds = vec![base];
         loop {
-            // SAFETY: dup of stdin's descriptor number; the result is owned below.
-            let fd = unsafe { libc::dup(0) };
+            // SAFETY: dup of a descriptor we own; the result is owned below.
+            let fd = unsafe { libc::dup(raw) };
             if fd < 0 {
-                assert_eq!(
-                    std::io::Error::last_os_error().raw_os_error(),
-                    Some(libc::EMFILE)
-                );
+                let e = std::io::Error::last_os_error();
+                assert!(emfile(&e), "dup: {e}");
                 return fds;
             }
             // SAFETY: `fd` was just returned by dup and is owned by nothing else.
-            fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
 }
