@@ -145,6 +145,12 @@ pub struct FsConfig {
     /// Refuse every change from the guest (EROFS).
     #[serde(default)]
     pub read_only: bool,
+    /// Let the guest create block and character device nodes in the share (`mknod` of
+    /// S_IFBLK/S_IFCHR). Off by default: they are refused with EPERM, except overlayfs's
+    /// whiteout (a character device 0:0); FIFOs, sockets and regular files are always allowed.
+    /// The host still mounts the share `nodev`.
+    #[serde(default)]
+    pub allow_devices: bool,
 }
 
 /// A configuration the VMM refuses, naming the key at fault.
@@ -493,6 +499,7 @@ mod tests {
             cache: FsCache::Never,
             dax: false,
             read_only: false,
+            allow_devices: false,
         };
         check(&|c| c.fs.push(share("", "/tmp")), "fs[0].tag");
         check(&|c| c.fs.push(share(&"t".repeat(37), "/tmp")), "fs[0].tag");
@@ -522,13 +529,14 @@ mod tests {
     fn fs_shares_parse_with_defaults() {
         let c = VmConfig::from_json(
             r#"{"kernel": "/k", "fs": [{"tag": "carapace", "path": "/run/carapace/x/shared"},
-                {"tag": "b", "path": "/b", "cache": "always", "dax": false, "read_only": true}]}"#,
+                {"tag": "b", "path": "/b", "cache": "always", "dax": false, "read_only": true,
+                 "allow_devices": true}]}"#,
         )
         .unwrap();
         assert_eq!(c.fs[0].cache, FsCache::Never);
-        assert!(!c.fs[0].dax && !c.fs[0].read_only);
+        assert!(!c.fs[0].dax && !c.fs[0].read_only && !c.fs[0].allow_devices);
         assert_eq!(c.fs[1].cache, FsCache::Always);
-        assert!(c.fs[1].read_only);
+        assert!(c.fs[1].read_only && c.fs[1].allow_devices);
         let err = VmConfig::from_json(
             r#"{"kernel": "/k", "fs": [{"tag": "a", "path": "/", "ro": true}]}"#,
         )

@@ -20,7 +20,7 @@ use carapace_vmm::vm::Machine;
 const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
        [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
        [--api-socket PATH] [--block PATH[,ro]]... [--net TAP[,mac=MAC]|fd=N[,mac=MAC]]...
-       [--vsock CID,PATH] [--rng] [--fs TAG,PATH[,cache=never|auto|always][,ro]]...
+       [--vsock CID,PATH] [--rng] [--fs TAG,PATH[,cache=never|auto|always][,ro][,devices]]...
 Flags override the config file's values; --block, --net and --fs add to its devices.
 Set CARAPACE_VMM_STARTUP_REPORT=1 to print CPU time and RSS at the first KVM_RUN.";
 
@@ -172,7 +172,7 @@ fn parse_args(args: Vec<String>) -> Result<VmConfig, UsageError> {
     Ok(config)
 }
 
-/// `TAG,PATH[,cache=never|auto|always][,ro]`.
+/// `TAG,PATH[,cache=never|auto|always][,ro][,devices]`.
 fn parse_fs(v: &str) -> Result<FsConfig, UsageError> {
     let mut parts = v.split(',');
     let (Some(tag), Some(path)) = (parts.next(), parts.next()) else {
@@ -184,16 +184,18 @@ fn parse_fs(v: &str) -> Result<FsConfig, UsageError> {
         cache: FsCache::Never,
         dax: false,
         read_only: false,
+        allow_devices: false,
     };
     for opt in parts {
         match opt {
             "ro" => fs.read_only = true,
+            "devices" => fs.allow_devices = true,
             "cache=never" => fs.cache = FsCache::Never,
             "cache=auto" => fs.cache = FsCache::Auto,
             "cache=always" => fs.cache = FsCache::Always,
             other => {
                 return Err(UsageError(format!(
-                    "--fs: unknown option `{other}` (cache=never|auto|always, ro)"
+                    "--fs: unknown option `{other}` (cache=never|auto|always, ro, devices)"
                 )))
             }
         }
@@ -339,13 +341,14 @@ mod tests {
             "--fs",
             "carapace,/run/x",
             "--fs",
-            "b,/b,cache=auto,ro",
+            "b,/b,cache=auto,ro,devices",
         ]))
         .unwrap();
         assert_eq!(c.fs[0].tag, "carapace");
         assert_eq!(c.fs[0].path, PathBuf::from("/run/x"));
         assert_eq!((c.fs[0].cache, c.fs[0].read_only), (FsCache::Never, false));
         assert_eq!((c.fs[1].cache, c.fs[1].read_only), (FsCache::Auto, true));
+        assert!(!c.fs[0].allow_devices && c.fs[1].allow_devices);
         assert_eq!(c.kernel, PathBuf::from("/k"));
         assert_eq!((c.vcpus, c.memory_mib), (2, 256));
         assert!(c.block[0].read_only);

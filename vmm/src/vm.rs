@@ -315,7 +315,7 @@ pub struct Machine {
 /// Builds the virtio devices the configuration asks for, in command-line order.
 fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, MachineError> {
     use crate::config::FsCache;
-    use crate::devices::fs::{CacheMode, Fs};
+    use crate::devices::fs::{CacheMode, Fs, ShareOptions};
     use crate::devices::{blk::Block, net::Net, rng::Rng, vsock::Vsock};
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, b) in config.block.iter().enumerate() {
@@ -355,7 +355,13 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
             FsCache::Auto => CacheMode::Auto,
             FsCache::Always => CacheMode::Always,
         };
-        let dev = Fs::new(&f.tag, &f.path, cache, f.read_only).map_err(|e| {
+        let options = ShareOptions {
+            cache,
+            read_only: f.read_only,
+            allow_devices: f.allow_devices,
+            limits: None,
+        };
+        let dev = Fs::with_options(&f.tag, &f.path, options).map_err(|e| {
             let mut msg = format!("fs[{i}]: {e}");
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
