@@ -4,6 +4,7 @@
 mod agent_vsock;
 mod containerd_runc;
 mod guest_boot;
+mod isolation;
 mod kvm;
 mod shim_ctr;
 mod shim_install;

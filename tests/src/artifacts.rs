@@ -87,3 +87,12 @@ pub const BUSYBOX_IMAGE: &str = "localhost/carapace/busybox:latest";
 
 /// The marker the guest's init prints on the serial console once it runs.
 pub const AGENT_BOOT_MARKER: &str = "carapace-agent: init reached";
+
+/// carapace-fs-probe, linked statically (built by images/build-test-initramfs, which the
+/// lab suite runs first): for containers that need xattr calls busybox lacks.
+pub fn fs_probe() -> PathBuf {
+    test_initramfs();
+    let p = crate::repo_root().join("target/x86_64-unknown-linux-gnu/release/carapace-fs-probe");
+    assert!(p.exists(), "{} does not exist (images/build-test-initramfs builds it)", p.display());
+    p
+}

@@ -2,6 +2,7 @@
 //! what busybox lacks: extended attributes, mmap and fsync of a file.
 //!
 //!   carapace-fs-probe setxattr PATH NAME VALUE   set an xattr; prints "setxattr ok" or the errno
+//!                                                (VALUE `hex:0a1b...` sets those bytes)
 //!   carapace-fs-probe getxattr PATH NAME         prints "getxattr VALUE" or the errno
 //!   carapace-fs-probe mmap-shared PATH TEXT      writes TEXT at offset 0 through a shared
 //!                                                writable mapping and msyncs it
@@ -43,6 +44,12 @@ fn main() -> ExitCode {
     match a.as_slice() {
         ["setxattr", path, name, value] => {
             let (p, n) = (cstr(path), cstr(name));
+            let value: Vec<u8> = match value.strip_prefix("hex:") {
+                Some(h) => (0..h.len() / 2)
+                    .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).expect("hex digits"))
+                    .collect(),
+                None => value.as_bytes().to_vec(),
+            };
             // SAFETY: p and n are NUL-terminated; value is a live buffer of value.len() bytes.
             let rc = unsafe {
                 libc::setxattr(

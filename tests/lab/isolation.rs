@@ -1,0 +1,292 @@
+//! The isolation boundary, attacked: root in a pod's guest (a container given CAP_SYS_ADMIN
+//! mounts the pod's whole virtio-fs share, as a compromised guest kernel could) and a
+//! containerd client with hostile fields try to reach the host, and every attempt fails
+//! with nothing changed on the host. Symlinks planted in the share while the shim creates a
+//! container, block and character device nodes, a setuid file then run by an unprivileged
+//! host user, writes through a read-only bind remounted rw in the guest, `security.` and
+//! `trusted.` xattrs, a sandbox id of `../..`, the host's own network namespace, and the pod's
+//! sockets and directories as an unprivileged host user sees them.
+
+use std::ffi::CString;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use carapace_tests::artifacts::{busybox_image, fs_probe, BUSYBOX_IMAGE};
+use carapace_tests::carapace::{Carapace, RUNTIME, STATE_ROOT};
+use carapace_tests::containerd::{make_temp_dir, mounts_under};
+use carapace_tests::lab::wait_for;
+use carapace_tests::lab_test;
+
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The unprivileged host user of the attacks from the host side.
+const NOBODY: u32 = 65534;
+
+/// What guest root runs: each attack prints one `attack NAME: RESULT` line into /results in
+/// its own rootfs (which the test reads on the host), then it keeps planting symlinks where
+/// the shim will make container `late`'s directories until /stop appears.
+const ATTACKER: &str = r#"
+r=/results
+say() { echo "attack $1: $2" >> $r; }
+try() { name=$1; shift; if out=$("$@" 2>&1); then say "$name" "succeeded"; else say "$name" "failed: $out"; fi; }
+mkdir -p /share
+try mount mount -t virtiofs carapace /share
+try plant-root ln -s /victim /share/late
+try mkdir-root mkdir /share/late
+try rename-own mv /share/att /share/att2
+try replace-rootfs rm -rf /share/att/mounts
+try mknod-block mknod /blk b 8 0
+try mknod-char mknod /chr c 1 3
+try mknod-fifo mknod /fifo p
+cp /bin/busybox /suid-sh && chmod 4755 /suid-sh && say setuid "$(stat -c %a /suid-sh)"
+try remount-ro mount -o remount,bind,rw /ro
+try write-ro sh -c 'echo pwned > /ro/keep'
+try create-ro sh -c 'echo new > /ro/new'
+try write-ro-share sh -c 'for d in /share/att/mounts/*; do [ -f $d/keep ] && { echo pwned > $d/keep; exit; }; done; echo no-volume; exit 1'
+echo data > /xf
+# A valid VFS_CAP_REVISION_2 value (every permitted capability): the guest kernel checks it.
+try xattr-capability /probe setxattr /xf security.capability hex:00000002ffffffff00000000ffffffff00000000
+try xattr-security /probe setxattr /xf security.carapace x
+try xattr-trusted /probe setxattr /xf trusted.overlay.opaque y
+try xattr-user /probe setxattr /xf user.fine z
+echo ready >> $r
+while [ ! -e /stop ]; do
+  ln -s /victim /share/late 2>/dev/null
+  mkdir -p /share/late 2>/dev/null && ln -s /victim /share/late/rootfs 2>/dev/null
+  ln -s /victim/file /share/late/mounts 2>/dev/null
+done
+echo stopped >> $r
+sleep 1000
+"#;
+
+fn result<'a>(results: &'a str, name: &str) -> &'a str {
+    let prefix = format!("attack {name}: ");
+    results
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no result for {name}:\n{results}"))
+}
+
+fn assert_failed(results: &str, name: &str, because: &str) {
+    let r = result(results, name);
+    assert!(r.starts_with("failed") && r.contains(because), "{name} must fail with {because:?}: {r}\n{results}");
+}
+
+/// Runs `path args` as the unprivileged host user; returns whether it ran and its output.
+fn run_as_nobody(path: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(path).args(args).uid(NOBODY).gid(NOBODY).output();
+    match out {
+        Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// Whether the unprivileged host user can connect to the Unix socket at `path` (tried in a
+/// forked child that drops to that uid; raw calls only after the fork).
+fn nobody_can_connect(path: &Path) -> bool {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a zeroed sockaddr_un is valid; the path is copied within its bounds below.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = c.as_bytes_with_nul();
+    assert!(bytes.len() <= addr.sun_path.len());
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: the child only makes system calls (no allocation, no locks) and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: plain system calls on values owned by this (child) process.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
+                || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
+            {
+                libc::_exit(2);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            let rc = libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len);
+            libc::_exit(if rc == 0 { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 2, "the child could not drop to uid {NOBODY}");
+    libc::WEXITSTATUS(status) == 0
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// statvfs flags of the mount holding `path`.
+fn mount_flags(path: &Path) -> u64 {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a zeroed statvfs is valid output space; the path is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    assert_eq!(rc, 0, "statvfs {}: {}", path.display(), std::io::Error::last_os_error());
+    s.f_flag
+}
+
+/// A victim the attacks aim at: a directory with a file, and what it held.
+fn victim(name: &str) -> PathBuf {
+    let v = make_temp_dir(name);
+    std::fs::write(v.join("file"), "precious\n").unwrap();
+    v
+}
+
+fn assert_victim_intact(v: &Path) {
+    let names: Vec<_> = std::fs::read_dir(v).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("file")], "{} gained entries", v.display());
+    assert_eq!(std::fs::read_to_string(v.join("file")).unwrap(), "precious\n");
+    assert!(mounts_under(v).is_empty(), "something was mounted on {}", v.display());
+}
+
+lab_test! {
+    fn guest_root_cannot_reach_the_host_through_the_share() {
+        let c = Carapace::start();
+        c.import(&busybox_image());
+        let victim = victim("carapace-victim");
+        let ro = make_temp_dir("carapace-ro");
+        std::fs::write(ro.join("keep"), "host-only\n").unwrap();
+        // The attacker's links name /victim: a shim that followed one on the host would
+        // create, truncate or mount over the host's /victim.
+        std::fs::create_dir_all("/victim").unwrap();
+        std::fs::write("/victim/file", "precious\n").unwrap();
+        let ro_mount = format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display());
+        let probe = format!("type=bind,src={},dst=/probe,options=rbind:ro", fs_probe().display());
+        let sandbox = format!("{CONTAINER_TYPE}=sandbox");
+        c.ctr_ok(&[
+            "run", "-d", "--runtime", RUNTIME, "--cap-add", "CAP_SYS_ADMIN", "--annotation", &sandbox,
+            "--mount", &probe, "--mount", &ro_mount, BUSYBOX_IMAGE, "att", "sh", "-c", ATTACKER,
+        ]);
+        let pod = Path::new(STATE_ROOT).join("att");
+        let rootfs = pod.join("shared/att/rootfs");
+        let results = wait_for(Duration::from_secs(120), || {
+            std::fs::read_to_string(rootfs.join("results")).ok().filter(|r| r.contains("ready"))
+        })
+        .unwrap_or_else(|| panic!("the attacker never got ready: {:?}\n{}", std::fs::read_to_string(rootfs.join("results")), c.log()));
+        eprintln!("{results}");
+        assert_eq!(result(&results, "mount"), "succeeded", "guest root mounts the whole share");
+
+        // 1. Nothing above a container's own rootfs and volumes can be made, renamed or
+        // replaced, so no link is ever where the shim creates a container: one joining the
+        // pod while the attacker keeps planting them comes up and nothing on the host moved.
+        for name in ["plant-root", "mkdir-root", "rename-own", "replace-rootfs"] {
+            assert_failed(&results, name, "Read-only file system");
+        }
+        let member = format!("{CONTAINER_TYPE}=container");
+        let in_pod = format!("{SANDBOX_ID}=att");
+        let out = c.ctr_ok(&[
+            "run", "--rm", "--runtime", RUNTIME, "--annotation", &member, "--annotation", &in_pod,
+            "--mount", &format!("type=bind,src={},dst=/v,options=rbind:rw", victim.join("file").display()),
+            BUSYBOX_IMAGE, "late", "sh", "-c", "cat /v; ls /",
+        ]);
+        assert!(out.starts_with("precious\n") && out.contains("bin"), "the late container ran in its own rootfs: {out}");
+        assert_victim_intact(&victim);
+        assert_eq!(std::fs::read_to_string("/victim/file").unwrap(), "precious\n");
+        assert_eq!(std::fs::read_dir("/victim").unwrap().count(), 1, "/victim gained entries");
+
+        // 2. No device node reaches the host's share; a FIFO is fine.
+        assert_failed(&results, "mknod-block", "Operation not permitted");
+        assert_failed(&results, "mknod-char", "Operation not permitted");
+        assert_eq!(result(&results, "mknod-fifo"), "succeeded");
+        assert!(!rootfs.join("blk").exists() && !rootfs.join("chr").exists());
+
+        // A setuid file made by guest root exists on the host, but no unprivileged host user
+        // can reach it (the pod directory is 0700) and its mount is nosuid,nodev.
+        assert_eq!(result(&results, "setuid"), "4755");
+        let suid = rootfs.join("suid-sh");
+        assert_eq!(mode(&suid), 0o4755);
+        let (ran, out) = run_as_nobody(&suid, &["id", "-u"]);
+        assert!(!ran, "uid {NOBODY} ran the guest's setuid file: {out}");
+        assert!(out.contains("Permission denied"), "{out}");
+        let flags = mount_flags(&suid);
+        assert!(flags & libc::ST_NOSUID != 0 && flags & libc::ST_NODEV != 0, "rootfs mount flags {flags:#x}");
+        assert_eq!(mode(&pod), 0o700);
+        assert_eq!(mode(Path::new(STATE_ROOT)), 0o711);
+
+        // 3. A read-only bind stays read-only on the host, whatever the guest remounts.
+        assert_eq!(result(&results, "remount-ro"), "succeeded", "guest root may remount its own view");
+        for name in ["write-ro", "create-ro", "write-ro-share"] {
+            assert_failed(&results, name, "Read-only file system");
+        }
+        assert_eq!(std::fs::read_to_string(ro.join("keep")).unwrap(), "host-only\n");
+        assert!(!ro.join("new").exists());
+
+        // 4. Only user. xattrs are set on host files.
+        assert_failed(&results, "xattr-capability", "Operation not permitted");
+        assert_failed(&results, "xattr-security", "Operation not permitted");
+        assert_failed(&results, "xattr-trusted", "Operation not permitted");
+        assert_eq!(result(&results, "xattr-user"), "succeeded");
+        let xf = CString::new(rootfs.join("xf").as_os_str().as_encoded_bytes()).unwrap();
+        for name in ["security.capability", "security.carapace", "trusted.overlay.opaque"] {
+            let cname = CString::new(name).unwrap();
+            // SAFETY: NUL-terminated strings; a null buffer of size 0 asks only for the size.
+            let n = unsafe { libc::lgetxattr(xf.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+            assert!(n < 0, "{name} reached the host file");
+        }
+
+        // 6. The pod's sockets: 0600 in a 0700 directory; an unprivileged user cannot connect.
+        for s in ["api.sock", "vsock.sock"] {
+            let p = pod.join(s);
+            assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_socket(), "{s}");
+            assert_eq!(mode(&p), 0o600, "{s}");
+            assert!(!nobody_can_connect(&p), "uid {NOBODY} connected to {s}");
+        }
+
+        std::fs::write(rootfs.join("stop"), "").unwrap();
+        c.ctr_ok(&["task", "kill", "-s", "9", "att"]);
+        wait_for(Duration::from_secs(30), || (c.task_status("att") == "STOPPED").then_some(()));
+        c.delete_task("att", 137);
+        let left = c.leftovers();
+        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        assert_victim_intact(&victim);
+        assert_eq!(std::fs::read_to_string(ro.join("keep")).unwrap(), "host-only\n");
+        let _ = std::fs::remove_dir_all("/victim");
+        let _ = std::fs::remove_dir_all(&victim);
+        let _ = std::fs::remove_dir_all(&ro);
+    }
+}
+
+lab_test! {
+    fn a_hostile_containerd_client_cannot_make_the_shim_touch_host_paths() {
+        let c = Carapace::start();
+        c.import(&busybox_image());
+        // 5. A sandbox id that climbs out of the state root (it used to be removed).
+        let victim = victim("carapace-victim-id");
+        let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+        let climb = format!("{SANDBOX_ID}=../..{}/{name}", victim.parent().unwrap().display());
+        let member = format!("{CONTAINER_TYPE}=container");
+        let out = c.ctr_output(["run", "--rm", "--runtime", RUNTIME, "--annotation", &member, "--annotation", &climb, BUSYBOX_IMAGE, "climb", "true"]);
+        assert!(!out.status.success(), "{}", c.explain("sandbox id ../..", &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("sandbox id"), "the refusal names the sandbox id: {err}");
+        assert_victim_intact(&victim);
+        let _ = c.ctr_output(["container", "rm", "climb"]);
+
+        // 8. The host's own network namespace is refused by name, before any tap is made.
+        let out = c.ctr_output(["run", "--rm", "--runtime", RUNTIME, "--with-ns", "network:/proc/1/ns/net", BUSYBOX_IMAGE, "hostnet", "true"]);
+        assert!(!out.status.success(), "{}", c.explain("host netns", &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("host's own network namespace"), "{err}");
+        let _ = c.ctr_output(["container", "rm", "hostnet"]);
+
+        let left = c.leftovers();
+        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        assert_victim_intact(&victim);
+        let _ = std::fs::remove_dir_all(&victim);
+    }
+}
