@@ -72,14 +72,24 @@ fn result<'a>(results: &'a str, name: &str) -> &'a str {
 
 fn assert_failed(results: &str, name: &str, because: &str) {
     let r = result(results, name);
-    assert!(r.starts_with("failed") && r.contains(because), "{name} must fail with {because:?}: {r}\n{results}");
+    assert!(
+        r.starts_with("failed") && r.contains(because),
+        "{name} must fail with {because:?}: {r}\n{results}"
+    );
 }
 
 /// Runs `path args` as the unprivileged host user; returns whether it ran and its output.
 fn run_as_nobody(path: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(path).args(args).uid(NOBODY).gid(NOBODY).output();
+    let out = Command::new(path)
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output();
     match out {
-        Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        ),
         Err(e) => (false, e.to_string()),
     }
 }
@@ -117,7 +127,10 @@ fn nobody_can_connect(path: &Path) -> bool {
     let mut status = 0;
     // SAFETY: waits for the child forked above.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 2, "the child could not drop to uid {NOBODY}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 2,
+        "the child could not drop to uid {NOBODY}"
+    );
     libc::WEXITSTATUS(status) == 0
 }
 
@@ -136,7 +149,13 @@ fn mount_flags(path: &Path) -> u64 {
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    assert_eq!(rc, 0, "statvfs {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "statvfs {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
     s.f_flag
 }
 
@@ -148,10 +167,26 @@ fn victim(name: &str) -> PathBuf {
 }
 
 fn assert_victim_intact(v: &Path) {
-    let names: Vec<_> = std::fs::read_dir(v).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("file")], "{} gained entries", v.display());
-    assert_eq!(std::fs::read_to_string(v.join("file")).unwrap(), "precious\n");
-    assert!(mounts_under(v).is_empty(), "something was mounted on {}", v.display());
+    let names: Vec<_> = std::fs::read_dir(v)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("file")],
+        "{} gained entries",
+        v.display()
+    );
+    assert_eq!(
+        std::fs::read_to_string(v.join("file")).unwrap(),
+        "precious\n"
+    );
+    assert!(
+        mounts_under(v).is_empty(),
+        "something was mounted on {}",
+        v.display()
+    );
 }
 
 lab_test! {

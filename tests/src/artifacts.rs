@@ -93,6 +93,10 @@ pub const AGENT_BOOT_MARKER: &str = "carapace-agent: init reached";
 pub fn fs_probe() -> PathBuf {
     test_initramfs();
     let p = crate::repo_root().join("target/x86_64-unknown-linux-gnu/release/carapace-fs-probe");
-    assert!(p.exists(), "{} does not exist (images/build-test-initramfs builds it)", p.display());
+    assert!(
+        p.exists(),
+        "{} does not exist (images/build-test-initramfs builds it)",
+        p.display()
+    );
     p
 }
