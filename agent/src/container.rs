@@ -341,10 +341,16 @@ impl Containers {
         })
     }
 
-    /// Waits for a process to exit.
+    /// Waits for a process to exit. When a container's init exits, its cgroup's OOM kills are
+    /// read once more before the exit is answered: a kill that ends the container between two
+    /// polls of [`Containers::poll_oom`] is still reported, and before the exit.
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
         let p = self.process(id, exec_id)?;
-        Ok(p.wait().await)
+        let status = p.wait().await;
+        if exec_id.is_empty() {
+            self.report_oom(id);
+        }
+        Ok(status)
     }
 
     /// Freezes or thaws every process of the container.
@@ -422,6 +428,8 @@ impl Containers {
                 )));
             }
         }
+        // The last chance to see an OOM kill of this container's cgroup.
+        self.report_oom(id);
         let mut c = self.lock().remove(id).ok_or_else(|| not_found(id))?;
         let _ = c.lc.refresh_status();
         let result = c.lc.delete(true);
@@ -439,13 +447,21 @@ impl Containers {
 
     /// Looks for new OOM kills in every container's cgroup and reports them.
     pub fn poll_oom(&self) {
+        let ids = self.ids();
+        for id in ids {
+            self.report_oom(&id);
+        }
+    }
+
+    /// Reports container `id`'s new OOM kills, if any.
+    fn report_oom(&self, id: &str) {
         let mut map = self.lock();
-        for (id, c) in map.iter_mut() {
+        if let Some(c) = map.get_mut(id) {
             let kills = cgroup::oom_kills(&c.cgroup_path);
             if kills > c.oom_seen {
                 c.oom_seen = kills;
                 tracing::info!(id, kills, "OOM kill");
-                let _ = self.oom_tx.send(id.clone());
+                let _ = self.oom_tx.send(id.to_string());
             }
         }
     }
