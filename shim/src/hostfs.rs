@@ -318,9 +318,10 @@ pub fn bind(root: &Dir, source: &Path, rel: &Path, flags: BindFlags) -> Result<(
         source.display(),
         root.path().join(rel).display()
     );
-    let is_dir = std::fs::metadata(source)
-        .map_err(|e| ShimError::io(format!("reading {}", source.display()), e))?
-        .is_dir();
+    // The type of what was cloned, read from the clone (the source is not resolved twice).
+    let st =
+        rustix::fs::fstat(&tree).map_err(|e| io(format!("reading {}", source.display()), e))?;
+    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
     if is_dir {
         attach(&tree, &root.mkdir_all(rel, 0o755)?, &what)
     } else {

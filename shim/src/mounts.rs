@@ -18,12 +18,12 @@ pub async fn mount_rootfs(
     mnt: &Dir,
     rel: &Path,
 ) -> Result<PathBuf> {
-    let target = mnt.mkdir_all(rel, 0o755)?;
     let path = mnt.path().join(rel);
     if mounts.is_empty() {
         hostfs::bind(mnt, &bundle.join("rootfs"), rel, BindFlags::default())?;
         return Ok(path);
     }
+    let target = mnt.mkdir_all(rel, 0o755)?;
     for m in mounts {
         let mut m = m.clone();
         for flag in ["nosuid", "nodev"] {
