@@ -447,22 +447,25 @@ impl Containers {
 
     /// Looks for new OOM kills in every container's cgroup and reports them.
     pub fn poll_oom(&self) {
-        let ids = self.ids();
-        for id in ids {
-            self.report_oom(&id);
+        let mut map = self.lock();
+        for (id, c) in map.iter_mut() {
+            self.report_new_oom_kills(id, c);
         }
     }
 
     /// Reports container `id`'s new OOM kills, if any.
     fn report_oom(&self, id: &str) {
-        let mut map = self.lock();
-        if let Some(c) = map.get_mut(id) {
-            let kills = cgroup::oom_kills(&c.cgroup_path);
-            if kills > c.oom_seen {
-                c.oom_seen = kills;
-                tracing::info!(id, kills, "OOM kill");
-                let _ = self.oom_tx.send(id.to_string());
-            }
+        if let Some(c) = self.lock().get_mut(id) {
+            self.report_new_oom_kills(id, c);
+        }
+    }
+
+    fn report_new_oom_kills(&self, id: &str, c: &mut Container) {
+        let kills = cgroup::oom_kills(&c.cgroup_path);
+        if kills > c.oom_seen {
+            c.oom_seen = kills;
+            tracing::info!(id, kills, "OOM kill");
+            let _ = self.oom_tx.send(id.to_string());
         }
     }
 }
