@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -19,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::connection::CONN_BUF_ALLOC;
 use super::packet::*;
 use super::*;
+use crate::uds::testutil::OpenTempDir;
 
 const GUEST_CID: u64 = 3;
 const QSIZE: u16 = 256;
@@ -31,28 +32,6 @@ const BUF_STRIDE: u64 = 0x1_1000;
 const RX_DATA: u32 = 4096;
 /// The host port of the first host-initiated connection.
 const FIRST_HOST_PORT: u32 = 1 << 30;
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vsock-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The driver side of the three queues.
 struct Guest {
@@ -279,12 +258,12 @@ struct Harness {
     guest: Guest,
     interrupt: Arc<Interrupt>,
     uds: PathBuf,
-    _dir: TempDir,
+    _dir: OpenTempDir,
 }
 
 impl Harness {
     fn new() -> Self {
-        let dir = TempDir::new();
+        let dir = OpenTempDir::new("vsock");
         let uds = dir.0.join("vsock.sock");
         let mut dev = Vsock::new(GUEST_CID, uds.clone()).unwrap();
         let guest = Guest::new();
@@ -383,7 +362,7 @@ fn identity_config_and_features() {
 
 #[test]
 fn new_refuses_existing_paths_and_reserved_cids_and_drop_removes_the_socket() {
-    let dir = TempDir::new();
+    let dir = OpenTempDir::new("vsock");
     let path = dir.0.join("v.sock");
     std::fs::write(&path, b"").unwrap();
     let e = Vsock::new(GUEST_CID, path.clone()).err().unwrap();
@@ -401,7 +380,7 @@ fn new_refuses_existing_paths_and_reserved_cids_and_drop_removes_the_socket() {
 
 #[test]
 fn activation_needs_three_queues() {
-    let dir = TempDir::new();
+    let dir = OpenTempDir::new("vsock");
     let mut dev = Vsock::new(GUEST_CID, dir.0.join("v.sock")).unwrap();
     let guest = Guest::new();
     let mut queues = guest.device_queues();
@@ -1062,7 +1041,7 @@ impl MutEventSubscriber for Subscriber {
 
 #[test]
 fn the_event_loop_drives_the_backend() {
-    let dir = TempDir::new();
+    let dir = OpenTempDir::new("vsock");
     let uds = dir.0.join("v.sock");
     let mut guest = Guest::new();
     let irq = Arc::new(Interrupt::new().unwrap());
