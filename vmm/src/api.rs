@@ -259,15 +259,8 @@ mod tests {
         let dir = OpenTempDir::new("api");
         let path = dir.0.join("api.sock");
         // In a child: the umask is process-wide (fuse-backend-rs sets it to 0).
-        let mode = in_child(Duration::from_secs(10), || {
-            // SAFETY: umask cannot fail.
-            unsafe { libc::umask(0) };
-            let Ok(_api) = ApiServer::start(&path, MachineHandle::detached()) else {
-                return 1;
-            };
-            path.symlink_metadata()
-                .map_or(2, |m| i32::from(m.permissions().mode() & 0o777 != 0o600))
-        });
+        let mode =
+            bind_mode_under_umask_0(&path, || ApiServer::start(&path, MachineHandle::detached()));
         assert_eq!(mode, Some(0), "not mode 0600");
     }
 

@@ -320,6 +320,32 @@ pub(crate) mod testutil {
         }
     }
 
+    /// Runs `make` in a child whose umask is 0 (as fuse-backend-rs leaves it) and checks the
+    /// socket it binds at `path` while what it made is alive. The child's exit code: 0 the
+    /// socket is 0600 and the umask still 0; 1 another mode; 2 `make` failed; 3 no socket;
+    /// 4 the umask changed; `None` the child did not finish.
+    pub fn bind_mode_under_umask_0<T, E>(
+        path: &std::path::Path,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Option<i32> {
+        use std::os::unix::fs::PermissionsExt;
+        in_child(Duration::from_secs(10), || {
+            // SAFETY: umask cannot fail.
+            unsafe { libc::umask(0) };
+            let Ok(_made) = make() else {
+                return 2;
+            };
+            let Ok(meta) = path.symlink_metadata() else {
+                return 3;
+            };
+            // SAFETY: umask cannot fail.
+            if unsafe { libc::umask(0) } != 0 {
+                return 4;
+            }
+            i32::from(meta.permissions().mode() & 0o777 != 0o600)
+        })
+    }
+
     /// A temporary directory every user may traverse, removed on drop.
     pub struct OpenTempDir(pub std::path::PathBuf);
 
@@ -395,23 +421,7 @@ mod tests {
         let dir = OpenTempDir::new("uds");
         let path = dir.0.join("s.sock");
         // In a child: the umask is process-wide, and other tests create files meanwhile.
-        let code = in_child(Duration::from_secs(10), || {
-            // SAFETY: umask cannot fail.
-            unsafe { libc::umask(0) };
-            let Ok(_l) = bind_private(&path) else {
-                return 20;
-            };
-            let Ok(meta) = path.symlink_metadata() else {
-                return 21;
-            };
-            // The umask of the process is untouched by the bind.
-            // SAFETY: umask cannot fail.
-            let after = unsafe { libc::umask(0) };
-            if after != 0 {
-                return 22;
-            }
-            i32::from(meta.permissions().mode() & 0o777 != 0o600)
-        });
+        let code = bind_mode_under_umask_0(&path, || bind_private(&path));
         assert_eq!(code, Some(0), "not mode 0600 (or the umask changed)");
         // Without the private umask, a socket bound under umask 0 is world-writable.
         let wide = dir.0.join("wide.sock");

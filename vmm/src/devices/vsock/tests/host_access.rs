@@ -26,15 +26,7 @@ fn the_host_socket_is_0600_even_with_umask_0() {
     let dir = OpenTempDir::new("vsock");
     let path = dir.0.join("v.sock");
     // In a child: the umask is process-wide (fuse-backend-rs sets it to 0).
-    let code = in_child(Duration::from_secs(10), || {
-        // SAFETY: umask cannot fail.
-        unsafe { libc::umask(0) };
-        let Ok(_dev) = Vsock::new(GUEST_CID, path.clone()) else {
-            return 1;
-        };
-        path.symlink_metadata()
-            .map_or(2, |m| i32::from(m.permissions().mode() & 0o777 != 0o600))
-    });
+    let code = bind_mode_under_umask_0(&path, || Vsock::new(GUEST_CID, path.clone()));
     assert_eq!(code, Some(0), "not mode 0600");
 }
 
