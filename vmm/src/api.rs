@@ -352,36 +352,22 @@ mod tests {
             let Ok(api) = ApiServer::start(&path, MachineHandle::detached()) else {
                 return 30;
             };
-            let mut rl = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes into the rlimit we own.
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
             // The client's socket exists before the descriptors run out.
-            // SAFETY: socket(2) makes a new descriptor, owned below.
-            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
-            if fd < 0 {
+            let Some(starved) = Starved::new() else {
                 return 31;
-            }
-            // SAFETY: `fd` is a new socket nothing else owns.
-            let client = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            set_soft_nofile(64);
-            let fillers = exhaust_fds();
-            if connect_fd(&client, &path).is_err() {
+            };
+            if connect_fd(&starved.client, &path).is_err() {
                 return 32;
             }
-            let starved = Duration::from_millis(800);
-            std::thread::sleep(starved);
+            let starved_for = Duration::from_millis(800);
+            std::thread::sleep(starved_for);
             let errors = api.accept_errors();
             // One try per back-off, not a spin.
-            let bound = (starved.as_millis() / ACCEPT_BACKOFF.as_millis()) as u64 + 2;
+            let bound = (starved_for.as_millis() / ACCEPT_BACKOFF.as_millis()) as u64 + 2;
             if errors == 0 || errors > bound {
                 return 33;
             }
-            set_soft_nofile(rl.rlim_cur);
-            drop(fillers);
-            let mut client = client;
+            let mut client = starved.relieve();
             let _ = client.set_read_timeout(Some(Duration::from_secs(3)));
             match status_request(&mut client) {
                 Ok(a) if a.contains(r#""ok":true"#) => 0,

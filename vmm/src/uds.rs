@@ -386,6 +386,48 @@ pub(crate) mod testutil {
         }
     }
 
+    /// A process starved of descriptors (children only): a client socket is made first, then
+    /// the soft RLIMIT_NOFILE is lowered to 64 and every free slot filled.
+    pub struct Starved {
+        /// The client socket, made while descriptors remained (unconnected).
+        pub client: std::os::unix::net::UnixStream,
+        fillers: Vec<std::os::fd::OwnedFd>,
+        soft: u64,
+    }
+
+    impl Starved {
+        /// Starves the process; `None` if the client socket cannot be made.
+        pub fn new() -> Option<Starved> {
+            use std::os::fd::FromRawFd;
+            let mut rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the rlimit we own.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+            // SAFETY: socket(2) makes a new descriptor, owned below.
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: `fd` is a new socket nothing else owns.
+            let client = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+            set_soft_nofile(64);
+            Some(Starved {
+                client,
+                fillers: exhaust_fds(),
+                soft: rl.rlim_cur,
+            })
+        }
+
+        /// Restores the soft limit and frees the filled slots; returns the client.
+        pub fn relieve(self) -> std::os::unix::net::UnixStream {
+            set_soft_nofile(self.soft);
+            drop(self.fillers);
+            self.client
+        }
+    }
+
     /// Opens descriptors until the process has none left (EMFILE); returns them.
     pub fn exhaust_fds() -> Vec<std::os::fd::OwnedFd> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

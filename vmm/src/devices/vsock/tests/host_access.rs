@@ -2,7 +2,6 @@
 //! and accepting again after running out of descriptors. Another user is a forked child
 //! that drops to uid 65534; the descriptor shortage is a forked child's lowered rlimit.
 
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -71,29 +70,18 @@ fn accepting_resumes_after_running_out_of_descriptors_without_spinning() {
     let code = in_child(Duration::from_secs(20), || {
         let mut h = Harness::new();
         h.kick_rx(16);
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the rlimit we own.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-        // SAFETY: socket(2) makes a new descriptor, owned below.
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
-        if fd < 0 {
+        let Some(mut starved) = Starved::new() else {
             return 30;
-        }
-        // SAFETY: `fd` is a new socket nothing else owns.
-        let mut client = unsafe { UnixStream::from_raw_fd(fd) };
-        set_soft_nofile(64);
-        let fillers = exhaust_fds();
-        if connect_fd(&client, &h.uds).is_err() || client.write_all(b"CONNECT 1024\n").is_err() {
+        };
+        let client = &mut starved.client;
+        if connect_fd(client, &h.uds).is_err() || client.write_all(b"CONNECT 1024\n").is_err() {
             return 31;
         }
         if !backend_ready(&h, 1000) {
             return 32;
         }
-        h.backend(); // accept fails: EMFILE
-                     // No spin: nothing is ready until the retry timer fires.
+        // The accept fails (EMFILE); no spin: nothing is ready until the retry timer fires.
+        h.backend();
         if backend_ready(&h, 0) {
             return 33;
         }
@@ -105,8 +93,7 @@ fn accepting_resumes_after_running_out_of_descriptors_without_spinning() {
         if !h.guest.recv().is_empty() {
             return 35;
         }
-        set_soft_nofile(rl.rlim_cur);
-        drop(fillers);
+        let _client = starved.relieve();
         if !backend_ready(&h, 1000) {
             return 36;
         }
