@@ -286,8 +286,7 @@ lab_test! {
         c.ctr_ok(&["task", "kill", "-s", "9", "att"]);
         wait_for(Duration::from_secs(30), || (c.task_status("att") == "STOPPED").then_some(()));
         c.delete_task("att", 137);
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
         assert_victim_intact(&victim);
         assert_eq!(std::fs::read_to_string(ro.join("keep")).unwrap(), "host-only\n");
         let _ = std::fs::remove_dir_all("/victim");
@@ -319,8 +318,7 @@ lab_test! {
         assert!(err.contains("host's own network namespace"), "{err}");
         let _ = c.ctr_output(["container", "rm", "hostnet"]);
 
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
         assert_victim_intact(&victim);
         let _ = std::fs::remove_dir_all(&victim);
     }

@@ -51,8 +51,7 @@ lab_test! {
 
         let tasks = c.ctr_output(["tasks", "list", "-q"]);
         assert!(String::from_utf8_lossy(&tasks.stdout).trim().is_empty(), "--rm left tasks behind");
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
         if std::env::var_os("CARAPACE_SHOW_LOG").is_some() {
             println!("{}", c.log());
         }

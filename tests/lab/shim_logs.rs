@@ -94,8 +94,7 @@ lab_test! {
             let _ = c.ctr_output(["container", "rm", &id]);
         }
 
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -164,8 +163,7 @@ lab_test! {
         let _ = e2.wait();
         c.ctr_ok(&["task", "delete", "p1"]);
         c.ctr_ok(&["container", "rm", "p1"]);
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -134,8 +134,7 @@ lab_test! {
         assert!(stdout.contains("hello-from-host"), "TCP to the host side: {}", c.explain("ctr run", &out));
         assert_eq!(server.join().expect("the listener"), POD_IP, "the host sees the pod's address");
 
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
         // The veth is as the CNI plugin left it: address kept, no qdisc.
         let addr = sh(&format!("ip -n {NETNS} -o addr show dev eth0"));
         assert!(addr.contains(POD_IP), "{addr}");

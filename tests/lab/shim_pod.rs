@@ -72,15 +72,6 @@ fn exec(c: &Containerd, id: &str, exec_id: &str, script: &str) -> String {
     c.ctr_ok(&["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script])
 }
 
-fn assert_nothing_left(c: &Carapace) {
-    let left = c.leftovers();
-    assert!(
-        left.is_empty(),
-        "carapace left traces: {left:?}\n{}",
-        c.log()
-    );
-}
-
 lab_test! {
     fn two_containers_of_a_pod_share_one_vm() {
         let c = Carapace::start();
@@ -114,7 +105,7 @@ lab_test! {
         assert_eq!(vmms_of("pod1").len(), 1, "the VM outlives the member");
         kill9(&c, "pod1");
         c.delete_task("pod1", 137);
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
         for id in ["pod1", "app1"] {
             let topics: Vec<String> = events.task_events(id).into_iter().map(|e| e.0).collect();
             assert!(topics.contains(&"/tasks/create".to_string()), "{id}: {topics:?}");
@@ -142,7 +133,7 @@ lab_test! {
             events.task_events("oom1").iter().any(|e| e.0 == "/tasks/oom").then_some(())
         });
         assert!(oom.is_some(), "a /tasks/oom event for oom1:\n{}", events.dump());
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
     }
 }
 
@@ -178,7 +169,7 @@ lab_test! {
 
         kill9(&c, "w1");
         c.delete_task("w1", 137);
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
         // Teardown unmounted the bind mounts before removing the share: the host files stay.
         for f in ["from-host", "out", "seen", "later"] {
             assert!(rw.join(f).exists(), "{f} survived the teardown");
@@ -215,7 +206,7 @@ lab_test! {
         c.ctr_ok(&["task", "resume", "ev1"]);
         kill9(&c, "ev1");
         c.delete_task("ev1", 137);
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
 
         let want = [
             "/tasks/create",
@@ -269,7 +260,7 @@ lab_test! {
         });
         assert!(logged.is_some(), "the panic is logged:\n{}", c.log());
         c.delete_task("gp1", 255);
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
         let exit = events.task_events("gp1").into_iter().find(|e| e.0 == "/tasks/exit");
         assert!(exit.is_some_and(|e| e.1.contains("\"exit_status\":255")), "TaskExit 255 published:\n{}", events.dump());
     }
@@ -302,7 +293,7 @@ lab_test! {
         assert_eq!(vmms_of("cpod").len(), 1, "one VM served the 20 containers");
         kill9(&c, "cpod");
         c.delete_task("cpod", 137);
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
         let mut pods = Vec::new();
         for i in 0..3 {
             let id = format!("pod{i}");
@@ -310,7 +301,7 @@ lab_test! {
             let out = c.ctr_output(["run", "--rm", "--runtime", RUNTIME, BUSYBOX_IMAGE, &id, "true"]);
             pods.push(start.elapsed());
             assert!(out.status.success(), "{}", c.explain(&id, &out));
-            assert_nothing_left(&c);
+            c.assert_nothing_left();
         }
         assert_eq!(mounts(), mounts_before, "the cycles left mounts behind");
         let tasks = c.ctr_ok(&["task", "ls", "-q"]);
@@ -348,7 +339,7 @@ lab_test! {
         let out = c.ctr_output(["run", "--rm", "--runtime", RUNTIME, "--annotation", "io.carapace.vcpus=0", BUSYBOX_IMAGE, "size2", "true"]);
         assert!(!out.status.success(), "a zero-vCPU VM is refused");
         assert!(String::from_utf8_lossy(&out.stderr).contains("io.carapace.vcpus"), "{}", c.explain("vcpus=0", &out));
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
     }
 }
 
@@ -392,6 +383,6 @@ lab_test! {
 
         kill9(&c, "u1");
         c.delete_task("u1", 137);
-        assert_nothing_left(&c);
+        c.assert_nothing_left();
     }
 }

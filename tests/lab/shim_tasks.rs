@@ -55,8 +55,7 @@ lab_test! {
         assert!(stopped.is_some(), "the task stops after kill -9: {}", c.task_status("d1"));
         c.delete_task("d1", 137);
 
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
     }
 }
 
@@ -76,7 +75,6 @@ lab_test! {
         let stopped = wait_for(Duration::from_secs(20), || (c.task_status("crash1") == "STOPPED").then_some(()));
         assert!(stopped.is_some(), "TaskExit reaches containerd: {}\n{}", c.task_status("crash1"), c.log());
         c.delete_task("crash1", 255);
-        let left = c.leftovers();
-        assert!(left.is_empty(), "carapace left traces: {left:?}\n{}", c.log());
+        c.assert_nothing_left();
     }
 }

@@ -77,6 +77,16 @@ impl Carapace {
             found
         }
     }
+
+    /// Fails the test, with containerd's log, when [`Carapace::leftovers`] finds anything.
+    pub fn assert_nothing_left(&self) {
+        let left = self.leftovers();
+        assert!(
+            left.is_empty(),
+            "carapace left traces: {left:?}\n{}",
+            self.log()
+        );
+    }
 }
 
 fn leftovers_now(containerd_socket: &str) -> Vec<String> {
