@@ -136,10 +136,8 @@ impl Dir {
     /// Creates (or opens, never truncating) the regular file `rel` beneath this directory, its
     /// parents made as by [`Dir::mkdir_all`]; returns an `O_PATH` descriptor of it.
     pub fn touch(&self, rel: &Path) -> Result<OwnedFd> {
-        let parent = match rel.parent() {
-            Some(p) if !p.as_os_str().is_empty() => self.mkdir_all(p, 0o755)?,
-            _ => self.mkdir_all(Path::new(""), 0o755)?,
-        };
+        // A file directly beneath this directory has the empty path as its parent.
+        let parent = self.mkdir_all(rel.parent().unwrap_or(Path::new("")), 0o755)?;
         let name = rel
             .file_name()
             .ok_or_else(|| ShimError::Internal(format!("{} names no file", rel.display())))?;

@@ -34,8 +34,7 @@ pub struct PodId(String);
 impl PodId {
     /// Checks `id` (from containerd: a container id or the CRI sandbox-id annotation).
     pub fn new(id: &str) -> Result<Self> {
-        carapace_protocol::id::check("sandbox", id)
-            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        crate::spec::check_id("sandbox", id)?;
         Ok(Self(id.to_string()))
     }
 
