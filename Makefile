@@ -6,7 +6,7 @@ JOBS ?= 2
 CARGO := cargo
 export CARAPACE_JOBS := $(JOBS)
 
-.PHONY: all deps kernels images build install lint unit-test lab-test test bench bench-ctr demo clean
+.PHONY: all deps kernels images build install lint unit-test lab-test test bench bench-ctr lab-stress demo clean
 
 all: build
 
@@ -59,6 +59,23 @@ bench: deps kernels
 	CARAPACE_LAB_KERNEL=$$(guest-kernel/build --name lab --fragment tests/lab/lab.config | tail -n1) \
 	CARAPACE_TEST_INITRAMFS=$$(images/build-test-initramfs | tail -n1) \
 	$(CARGO) bench --locked -j$(JOBS) -p carapace-tests --bench vmm
+
+# Guest deaths counted in the lab, carapace-vmm against QEMU microvm (tests/bench/stress.rs):
+# STRESS_BOOTS boots per VMM (default 200) of STRESS_CYCLES container cycles each (default 10).
+# STRESS_BASELINE=<another carapace-vmm> runs that build too, alternating with the two. Consoles
+# and KVM traces of the guests that died are kept in target/lab-stress/stress.
+STRESS_BOOTS ?= 200
+STRESS_CYCLES ?= 10
+lab-stress: deps kernels images
+	$(CARGO) build --locked --release -j$(JOBS) -p carapace-vmm
+	rm -rf $(CURDIR)/target/lab-stress && mkdir -p $(CURDIR)/target/lab-stress
+	CARAPACE_VMM=$(CURDIR)/target/release/carapace-vmm \
+	CARAPACE_GUEST_KERNEL=$$(guest-kernel/build | tail -n1) \
+	CARAPACE_LAB_KERNEL=$$(guest-kernel/build --name lab --fragment tests/lab/lab.config | tail -n1) \
+	CARAPACE_INITRAMFS=$$(images/build-initramfs | tail -n1) \
+	CARAPACE_LAB_OUT=$(CURDIR)/target/lab-stress \
+	CARAPACE_STRESS_BOOTS=$(STRESS_BOOTS) CARAPACE_STRESS_CYCLES=$(STRESS_CYCLES) $(if $(STRESS_BASELINE),CARAPACE_STRESS_BASELINE=$(abspath $(STRESS_BASELINE))) \
+	$(CARGO) bench --locked -j$(JOBS) -p carapace-tests --bench stress
 
 demo: deps
 	tests/demo

@@ -4,99 +4,20 @@
 //! tests, run inside the lab where cgroup v2 is the only hierarchy (the host has v1).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use carapace_protocol::agent::*;
-use carapace_protocol::agent_ttrpc::AgentServiceClient;
-use carapace_protocol::types::Mount;
-use carapace_tests::agent::{agent_client, busybox_disk, vsock_connect, AGENT_PORT};
+use carapace_tests::agent::{
+    agent_client, busybox_disk, create_and_start, ctx, disk_sandbox, exec, read_all, remove,
+    vsock_connect, wait, AGENT_PORT,
+};
 use carapace_tests::artifacts::{guest_kernel, initramfs};
 use carapace_tests::containerd::make_temp_dir;
 use carapace_tests::lab::ms;
 use carapace_tests::lab_test;
 use carapace_tests::vm::{carapace_vmm, Console};
-use oci_spec::runtime::Spec;
-use ttrpc::context;
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet";
-const ROOTFS: &str = "/run/rootfs";
-
-fn ctx() -> context::Context {
-    context::with_timeout(60_000_000_000)
-}
-
-fn spec(args: &[&str]) -> Vec<u8> {
-    let mut spec = Spec::default();
-    let mut process = spec.process().clone().unwrap();
-    process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-    process.set_terminal(Some(false));
-    spec.set_process(Some(process));
-    // No hostname of its own: the container's UTS namespace starts with the pod's.
-    spec.set_hostname(None);
-    serde_json::to_vec(&spec).unwrap()
-}
-
-async fn read_all(c: &AgentServiceClient, id: &str, exec: &str, stderr: bool) -> String {
-    let mut out = Vec::new();
-    loop {
-        let req = ReadStreamRequest {
-            container_id: id.into(),
-            exec_id: exec.into(),
-            len: 4096,
-            ..Default::default()
-        };
-        let r = if stderr {
-            c.read_stderr(ctx(), &req).await
-        } else {
-            c.read_stdout(ctx(), &req).await
-        }
-        .expect("reading a stream");
-        if r.eof {
-            return String::from_utf8_lossy(&out).into_owned();
-        }
-        out.extend_from_slice(&r.data);
-    }
-}
-
-async fn wait(c: &AgentServiceClient, id: &str, exec: &str) -> WaitProcessResponse {
-    let req = WaitProcessRequest {
-        container_id: id.into(),
-        exec_id: exec.into(),
-        ..Default::default()
-    };
-    c.wait_process(ctx(), &req).await.expect("WaitProcess")
-}
-
-async fn create_and_start(c: &AgentServiceClient, id: &str, args: &[&str]) -> Duration {
-    let t = Instant::now();
-    let req = CreateContainerRequest {
-        container_id: id.into(),
-        oci_spec: spec(args),
-        rootfs: ROOTFS.into(),
-        ..Default::default()
-    };
-    c.create_container(ctx(), &req)
-        .await
-        .expect("CreateContainer");
-    let req = StartContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    c.start_container(ctx(), &req)
-        .await
-        .expect("StartContainer");
-    t.elapsed()
-}
-
-async fn remove(c: &AgentServiceClient, id: &str) {
-    let req = RemoveContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    c.remove_container(ctx(), &req)
-        .await
-        .expect("RemoveContainer");
-}
 
 lab_test! {
     fn agent_runs_containers_over_vsock_in_a_carapace_vmm_guest() {
@@ -129,38 +50,21 @@ lab_test! {
             assert_eq!(details.vcpus, 2, "{details:?}");
             assert!(details.memory_total_bytes > 150 << 20 && details.memory_total_bytes <= 256 << 20, "{details:?}");
 
-            let sandbox = CreateSandboxRequest {
-                sandbox_id: "pod".into(),
-                hostname: "carapace-pod".into(),
-                mounts: vec![Mount {
-                    source: "/dev/vda".into(),
-                    destination: ROOTFS.into(),
-                    fstype: "ext4".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
+            let sandbox = disk_sandbox("pod", "carapace-pod");
             c.create_sandbox(ctx(), &sandbox).await.expect("CreateSandbox");
 
             // Output, both streams, exit code.
-            create_and_start(&c, "c1", &["sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 3"]).await;
-            assert_eq!(read_all(&c, "c1", "", false).await, "hello from carapace-pod\n");
-            assert_eq!(read_all(&c, "c1", "", true).await, "oops\n");
-            assert_eq!(wait(&c, "c1", "").await.exit_status, 3);
-            remove(&c, "c1").await;
+            create_and_start(&c, "c1", &["sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 3"]).await.expect("CreateContainer+StartContainer");
+            assert_eq!(read_all(&c, "c1", "", false).await.expect("reading a stream"), "hello from carapace-pod\n");
+            assert_eq!(read_all(&c, "c1", "", true).await.expect("reading a stream"), "oops\n");
+            assert_eq!(wait(&c, "c1", "").await.expect("WaitProcess").exit_status, 3);
+            remove(&c, "c1").await.expect("RemoveContainer");
 
             // Exec into a running container; SIGKILL ends it with 137.
-            create_and_start(&c, "c2", &["sleep", "300"]).await;
-            let process = serde_json::json!({"args": ["sh", "-c", "echo exec in $(cat /proc/1/comm)"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
-            let exec = ExecProcessRequest {
-                container_id: "c2".into(),
-                exec_id: "e1".into(),
-                process: process.to_string().into_bytes(),
-                ..Default::default()
-            };
-            c.exec_process(ctx(), &exec).await.expect("ExecProcess");
-            assert_eq!(read_all(&c, "c2", "e1", false).await, "exec in sleep\n");
-            assert_eq!(wait(&c, "c2", "e1").await.exit_status, 0);
+            create_and_start(&c, "c2", &["sleep", "300"]).await.expect("CreateContainer+StartContainer");
+            exec(&c, "c2", "e1", &["sh", "-c", "echo exec in $(cat /proc/1/comm)"]).await.expect("ExecProcess");
+            assert_eq!(read_all(&c, "c2", "e1", false).await.expect("reading a stream"), "exec in sleep\n");
+            assert_eq!(wait(&c, "c2", "e1").await.expect("WaitProcess").exit_status, 0);
             let stats = c
                 .stats_container(ctx(), &StatsContainerRequest { container_id: "c2".into(), ..Default::default() })
                 .await
@@ -168,9 +72,9 @@ lab_test! {
             assert!(stats.memory.usage_bytes > 0 && stats.pids.current >= 1, "{stats:?}");
             let kill = SignalProcessRequest { container_id: "c2".into(), signal: 9, ..Default::default() };
             c.signal_process(ctx(), &kill).await.expect("SignalProcess");
-            let status = wait(&c, "c2", "").await;
+            let status = wait(&c, "c2", "").await.expect("WaitProcess");
             assert_eq!((status.exit_status, status.signal), (137, 9));
-            remove(&c, "c2").await;
+            remove(&c, "c2").await.expect("RemoveContainer");
 
             // Unknown ids are NOT_FOUND and the agent keeps serving.
             let err = c
@@ -183,9 +87,9 @@ lab_test! {
             let mut times = Vec::new();
             for i in 0..20 {
                 let id = format!("t{i}");
-                times.push(create_and_start(&c, &id, &["true"]).await);
-                assert_eq!(wait(&c, &id, "").await.exit_status, 0);
-                remove(&c, &id).await;
+                times.push(create_and_start(&c, &id, &["true"]).await.expect("CreateContainer+StartContainer"));
+                assert_eq!(wait(&c, &id, "").await.expect("WaitProcess").exit_status, 0);
+                remove(&c, &id).await.expect("RemoveContainer");
             }
             times.sort();
             println!(

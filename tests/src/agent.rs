@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use carapace_protocol::agent::*;
 use carapace_protocol::agent_ttrpc::AgentServiceClient;
 
 /// The vsock port the agent serves ttrpc on.
@@ -97,4 +98,134 @@ pub fn busybox_disk(dir: &Path, size_mib: u32) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     img
+}
+
+/// Where [`disk_sandbox`] mounts the busybox disk (`/dev/vda`) in the guest, the rootfs
+/// [`create_and_start`] gives its containers.
+pub const DISK_ROOTFS: &str = "/run/rootfs";
+
+/// A ttrpc context with a 60 s deadline.
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(60_000_000_000)
+}
+
+/// A sandbox named `id` with hostname `hostname` whose rootfs mount is the busybox disk.
+pub fn disk_sandbox(id: &str, hostname: &str) -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        sandbox_id: id.into(),
+        hostname: hostname.into(),
+        mounts: vec![carapace_protocol::types::Mount {
+            source: "/dev/vda".into(),
+            destination: DISK_ROOTFS.into(),
+            fstype: "ext4".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// An OCI spec (JSON) running `args`, without a terminal or a hostname of its own.
+pub fn container_spec(args: &[&str]) -> Vec<u8> {
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec
+        .process()
+        .clone()
+        .expect("the default spec has a process");
+    process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+    process.set_terminal(Some(false));
+    spec.set_process(Some(process));
+    // No hostname of its own: the container's UTS namespace starts with the pod's.
+    spec.set_hostname(None);
+    serde_json::to_vec(&spec).expect("a spec serializes")
+}
+
+/// Everything process `exec` ("" for the container's own) of container `id` writes to
+/// stdout (or stderr), until it closes the stream.
+pub async fn read_all(
+    c: &AgentServiceClient,
+    id: &str,
+    exec: &str,
+    stderr: bool,
+) -> ttrpc::Result<String> {
+    let mut out = Vec::new();
+    loop {
+        let req = ReadStreamRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            len: 4096,
+            ..Default::default()
+        };
+        let r = if stderr {
+            c.read_stderr(ctx(), &req).await?
+        } else {
+            c.read_stdout(ctx(), &req).await?
+        };
+        if r.eof {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        out.extend_from_slice(&r.data);
+    }
+}
+
+/// Waits for process `exec` ("" for the container's own) of container `id` to exit.
+pub async fn wait(
+    c: &AgentServiceClient,
+    id: &str,
+    exec: &str,
+) -> ttrpc::Result<WaitProcessResponse> {
+    let req = WaitProcessRequest {
+        container_id: id.into(),
+        exec_id: exec.into(),
+        ..Default::default()
+    };
+    c.wait_process(ctx(), &req).await
+}
+
+/// Creates and starts container `id` running `args` on [`DISK_ROOTFS`]; returns how long
+/// the two calls took.
+pub async fn create_and_start(
+    c: &AgentServiceClient,
+    id: &str,
+    args: &[&str],
+) -> ttrpc::Result<Duration> {
+    let t = Instant::now();
+    let req = CreateContainerRequest {
+        container_id: id.into(),
+        oci_spec: container_spec(args),
+        rootfs: DISK_ROOTFS.into(),
+        ..Default::default()
+    };
+    c.create_container(ctx(), &req).await?;
+    let req = StartContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    c.start_container(ctx(), &req).await?;
+    Ok(t.elapsed())
+}
+
+/// Runs `args` as process `exec_id` in running container `id`, as root with PATH=/bin.
+pub async fn exec(
+    c: &AgentServiceClient,
+    id: &str,
+    exec_id: &str,
+    args: &[&str],
+) -> ttrpc::Result<()> {
+    let process = serde_json::json!({"args": args, "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
+    let req = ExecProcessRequest {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+        process: process.to_string().into_bytes(),
+        ..Default::default()
+    };
+    c.exec_process(ctx(), &req).await.map(drop)
+}
+
+/// Removes container `id`.
+pub async fn remove(c: &AgentServiceClient, id: &str) -> ttrpc::Result<()> {
+    let req = RemoveContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    c.remove_container(ctx(), &req).await.map(drop)
 }

@@ -54,7 +54,26 @@ pub fn carapace_vmm(
     vcpus: u32,
     mem_mib: u32,
 ) -> Command {
-    let mut cmd = Command::new(crate::artifacts::vmm_binary());
+    carapace_vmm_at(
+        &crate::artifacts::vmm_binary(),
+        kernel,
+        initrd,
+        cmdline,
+        vcpus,
+        mem_mib,
+    )
+}
+
+/// [`carapace_vmm`] with the VMM binary at `vmm` (another build, to compare with).
+pub fn carapace_vmm_at(
+    vmm: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    vcpus: u32,
+    mem_mib: u32,
+) -> Command {
+    let mut cmd = Command::new(vmm);
     cmd.arg("--kernel")
         .arg(kernel)
         .arg("--initramfs")
@@ -63,6 +82,15 @@ pub fn carapace_vmm(
         .args(["--vcpus", &vcpus.to_string()])
         .args(["--memory-mib", &mem_mib.to_string()]);
     cmd
+}
+
+/// Why [`Console::try_wait_for_line`] returned without the line.
+#[derive(Debug)]
+pub enum Ended {
+    /// The time ran out with the VM still running.
+    Timeout,
+    /// The VM process exited first.
+    Exited(ExitStatus),
 }
 
 /// A running VM process whose stdout is its console.
@@ -114,6 +142,26 @@ impl Console {
     /// Waits for a line containing `needle`; returns when it came (since start). Panics with
     /// the console so far if it does not come within `timeout` or the VM stops first.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Duration {
+        match self.try_wait_for_line(needle, timeout) {
+            Ok(at) => at,
+            Err(Ended::Timeout) => panic!(
+                "no line with '{needle}' within {timeout:?}; console:\n{}",
+                self.text
+            ),
+            Err(Ended::Exited(status)) => panic!(
+                "the VM exited ({status}) before printing '{needle}'; console:\n{}",
+                self.text
+            ),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns when it came (since start), or why it
+    /// did not.
+    pub fn try_wait_for_line(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<Duration, Ended> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -123,23 +171,31 @@ impl Console {
                     self.text.push_str(&line);
                     self.text.push('\n');
                     if found {
-                        return self.start.elapsed();
+                        return Ok(self.start.elapsed());
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no line with '{needle}' within {timeout:?}; console:\n{}",
-                        self.text
-                    )
-                }
+                Err(RecvTimeoutError::Timeout) => return Err(Ended::Timeout),
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().expect("wait for the VM");
-                    panic!(
-                        "the VM exited ({status}) before printing '{needle}'; console:\n{}",
-                        self.text
-                    )
+                    return Err(Ended::Exited(self.child.wait().expect("wait for the VM")))
                 }
             }
+        }
+    }
+
+    /// The VM process's exit status if it has exited by `timeout` from now (its console is
+    /// collected up to that point), else `None`.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.drain();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.drain();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
