@@ -505,9 +505,13 @@ impl Machine {
 
         mark("boot structures written");
         // vCPUs.
-        let supported = kvm
+        let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| MachineError::Kvm(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
+        let host = arch::cpuid::HostFacts {
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        };
+        arch::cpuid::normalize(&mut supported, host).map_err(MachineError::Kvm)?;
         let control = Arc::new(VcpuControl::default());
         let mut runners = Vec::new();
         for index in 0..config.vcpus {
