@@ -29,19 +29,29 @@ fn is_unified() -> bool {
     matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified))
 }
 
-/// How many times the kernel's OOM killer killed a process of the cgroup at `path`.
-pub fn oom_kills(path: &str) -> u64 {
+/// The file of the cgroup at `path` that counts its OOM kills (`oom_kill`): cgroup v2's
+/// `memory.events` (which inotify reports changes of) or v1's `memory.oom_control`.
+pub fn oom_events_file(path: &str) -> PathBuf {
     let rel = path.trim_start_matches('/');
-    let file = if is_unified() {
+    if is_unified() {
         Path::new(CGROUP_ROOT).join(rel).join("memory.events")
     } else {
         Path::new(CGROUP_ROOT)
             .join("memory")
             .join(rel)
             .join("memory.oom_control")
-    };
+    }
+}
+
+/// Whether changes to [`oom_events_file`] are notified (cgroup v2 only).
+pub fn oom_events_notify() -> bool {
+    is_unified()
+}
+
+/// How many times the kernel's OOM killer killed a process of the cgroup at `path`.
+pub fn oom_kills(path: &str) -> u64 {
     keyed(
-        &std::fs::read_to_string(file).unwrap_or_default(),
+        &std::fs::read_to_string(oom_events_file(path)).unwrap_or_default(),
         "oom_kill",
     )
     .unwrap_or(0)

@@ -43,6 +43,8 @@ struct Container {
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
     oom_seen: u64,
+    /// The inotify watch on the cgroup's `memory.events`, when there is one.
+    oom_wd: Option<nix::sys::inotify::WatchDescriptor>,
 }
 
 /// Every container of the pod, by id.
@@ -52,6 +54,8 @@ pub struct Containers {
     map: Mutex<HashMap<String, Container>>,
     sandbox: Mutex<SandboxFiles>,
     oom_tx: mpsc::UnboundedSender<String>,
+    /// Watches on the containers' `memory.events`; `None` where inotify is not to be had.
+    oom_watch: Option<crate::oom::OomWatch>,
 }
 
 fn lc_signal(sig: i32) -> Result<LcSignal> {
@@ -63,7 +67,8 @@ fn not_found(id: &str) -> AgentError {
 }
 
 impl Containers {
-    /// An empty set; OOM events go to `oom_tx`.
+    /// An empty set; OOM events go to `oom_tx` (call inside a tokio runtime: the OOM watch
+    /// registers with it).
     pub fn new(
         layout: Layout,
         reaper: Reaper,
@@ -79,6 +84,9 @@ impl Containers {
             map: Mutex::new(HashMap::new()),
             sandbox: Mutex::new(SandboxFiles::default()),
             oom_tx,
+            oom_watch: crate::oom::OomWatch::new()
+                .map_err(|e| tracing::warn!("no inotify for OOM events, polling only: {e}"))
+                .ok(),
         })
     }
 
@@ -177,6 +185,7 @@ impl Containers {
             }
         };
         tracing::info!(id, pid = %init.pid, "container created");
+        let oom_wd = self.watch_oom(id, &cgroup_path);
         self.lock().insert(
             id.to_string(),
             Container {
@@ -186,6 +195,7 @@ impl Containers {
                 init: Arc::new(init),
                 execs: HashMap::new(),
                 oom_seen: 0,
+                oom_wd,
             },
         );
         Ok(())
@@ -431,6 +441,9 @@ impl Containers {
         // The last chance to see an OOM kill of this container's cgroup.
         self.report_oom(id);
         let mut c = self.lock().remove(id).ok_or_else(|| not_found(id))?;
+        if let (Some(w), Some(wd)) = (&self.oom_watch, c.oom_wd.take()) {
+            w.unwatch(wd);
+        }
         let _ = c.lc.refresh_status();
         let result = c.lc.delete(true);
         let _ = std::fs::remove_dir_all(&c.bundle);
@@ -453,8 +466,36 @@ impl Containers {
         }
     }
 
+    /// Watches container `id`'s `memory.events` for OOM kills, where the cgroup notifies.
+    fn watch_oom(&self, id: &str, cgroup_path: &str) -> Option<nix::sys::inotify::WatchDescriptor> {
+        let watch = self
+            .oom_watch
+            .as_ref()
+            .filter(|_| cgroup::oom_events_notify())?;
+        let file = cgroup::oom_events_file(cgroup_path);
+        watch
+            .watch(id, &file)
+            .map_err(|e| tracing::warn!(id, "cannot watch {}: {e}; polling it", file.display()))
+            .ok()
+    }
+
+    /// Waits until watched `memory.events` files change and reports the new OOM kills of
+    /// their containers; returns only if the watch fails (or there is none).
+    pub async fn watch_oom_events(&self) {
+        let Some(watch) = &self.oom_watch else { return };
+        loop {
+            match watch.changed().await {
+                Ok(ids) => ids.iter().for_each(|id| self.report_oom(id)),
+                Err(e) => {
+                    tracing::warn!("the OOM watch failed, polling only: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Reports container `id`'s new OOM kills, if any.
-    fn report_oom(&self, id: &str) {
+    pub fn report_oom(&self, id: &str) {
         if let Some(c) = self.lock().get_mut(id) {
             self.report_new_oom_kills(id, c);
         }

@@ -15,6 +15,7 @@ mod error;
 mod init;
 mod initramfs;
 mod network;
+mod oom;
 mod process;
 mod reaper;
 mod sandbox;
@@ -115,12 +116,16 @@ fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
             container::Containers::new(layout, reaper, oom_tx)
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
+        // OOM kills: reported as inotify sees memory.events change, and by a slow poll for
+        // what a watch cannot cover (cgroup v1; see oom.rs).
         let watched = containers.clone();
+        tokio::spawn(async move { watched.watch_oom_events().await });
+        let polled = containers.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                watched.poll_oom();
+                polled.poll_oom();
             }
         });
         let net = network::Netlink::connect().map_err(|e| anyhow::anyhow!("{e}"))?;
