@@ -9,7 +9,7 @@ use std::time::Duration;
 use carapace_tests::artifacts::{guest_kernel, test_initramfs, vmm_binary};
 use carapace_tests::lab::{ms, wait_for};
 use carapace_tests::lab_test;
-use carapace_tests::vm::{carapace_vmm, Console};
+use carapace_tests::vm::{carapace_vmm, qemu_microvm, Console};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet";
 
@@ -23,6 +23,63 @@ lab_test! {
         assert_eq!(status.code(), Some(0), "the VMM should exit 0 on a guest reboot:\n{}", guest.text());
         assert!(guest.text().contains("cpus=2"), "the guest did not see 2 vCPUs:\n{}", guest.text());
         println!("lab figure: carapace-vmm start to init marker {:.0} ms", ms(marker));
+    }
+}
+
+/// The guest's `cpu:` report (tests/guest/init, scenario `cpu`) under `cmd`.
+fn cpu_report(cmd: &mut Command) -> String {
+    let mut guest = Console::spawn(cmd);
+    guest.wait_for_line("carapace-test: done", Duration::from_secs(120));
+    guest.wait_exit(Duration::from_secs(60));
+    guest
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("cpu: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn cpu_flags(report: &str) -> std::collections::BTreeSet<String> {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu: flags:"))
+        .unwrap_or_else(|| panic!("no flags in the guest's report:\n{report}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+lab_test! {
+    fn the_guest_sees_one_package_with_a_tsc_deadline_timer_and_a_named_cpu() {
+        // What Firecracker-style VMMs normalise before the first KVM_RUN, seen from inside:
+        // without the TSC-deadline bit the guest calibrates its LAPIC timer with the PIT and
+        // runs the IO-APIC timer check; without the topology leaf's core level it counts one
+        // package per vCPU and declares its TSCs unsynchronized.
+        let (kernel, initrd) = (guest_kernel(), test_initramfs());
+        let cmdline = "console=ttyS0 reboot=k panic=1 carapace.test=cpu";
+        let ours = cpu_report(&mut carapace_vmm(&kernel, &initrd, cmdline, 2, 256));
+        let flags = cpu_flags(&ours);
+        for flag in ["tsc_deadline_timer", "arat", "hypervisor", "x2apic"] {
+            assert!(flags.contains(flag), "the guest's CPU lacks {flag}:\n{ours}");
+        }
+        assert!(ours.contains("TSC deadline timer available"), "{ours}");
+        assert!(ours.contains("cpu: packages: 0 0"), "two vCPUs should be one package:\n{ours}");
+        assert!(!ours.contains("..TIMER"), "the guest ran the IO-APIC timer check:\n{ours}");
+        assert!(!ours.contains("TSCs unsynchronized"), "{ours}");
+        let name = ours
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu: model name:"))
+            .unwrap_or_default()
+            .trim();
+        assert!(
+            name.chars().filter(|c| c.is_ascii_alphabetic()).count() >= 3,
+            "the CPU has no brand string (the guest calls it {name:?}):\n{ours}"
+        );
+        // Nothing QEMU's `-cpu host` offers the same guest on the same KVM is missing.
+        let theirs = cpu_report(&mut qemu_microvm(&kernel, &initrd, cmdline, 2, 256));
+        let missing: Vec<_> = cpu_flags(&theirs).difference(&flags).cloned().collect();
+        assert!(missing.is_empty(), "flags QEMU gives the guest and carapace-vmm does not: {missing:?}");
+        println!("lab figure: the guest's CPU under carapace-vmm: {name}, {} flags", flags.len());
     }
 }
 
