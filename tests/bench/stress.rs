@@ -13,6 +13,7 @@
 //! `$CARAPACE_LAB_OUT/stress/`, and the RIPs of the last exits are mapped to symbols of the
 //! guest kernel: on AMD the VMCB is reset at a SHUTDOWN intercept, so the registers the VMM
 //! reads afterwards are the reset state, while the trace records them at the exit.
+//! `CARAPACE_STRESS_EXPLAIN=<file.trace>` prints that analysis for a saved trace, on the host.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -281,6 +282,9 @@ impl Symbols {
     }
 
     fn name(&self, rip: u64) -> String {
+        if self.0.is_empty() {
+            return "?".into();
+        }
         let i = self.0.partition_point(|(a, _)| *a <= rip);
         match i.checked_sub(1).map(|i| &self.0[i]) {
             Some((a, n)) if rip - a < 0x10_0000 => format!("{n}+{:#x}", rip - a),
@@ -289,25 +293,84 @@ impl Symbols {
     }
 }
 
-/// The last lines of `trace` with each RIP named, and the reason/RIP of the last exit.
+/// A field `name 0x...` of a trace line.
+fn hex_field(line: &str, name: &str) -> Option<u64> {
+    line.split(&format!("{name} 0x"))
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+/// An SVM EXITINTINFO (`intr_info`) and its error code, in words: the event that was being
+/// delivered when the exit happened.
+fn delivering(intr_info: u64, error_code: u64) -> String {
+    if intr_info & (1 << 31) == 0 {
+        return "no event being delivered".into();
+    }
+    let vector = intr_info & 0xff;
+    let kind = match (intr_info >> 8) & 7 {
+        0 => "interrupt",
+        2 => "NMI",
+        3 => "exception",
+        4 => "software interrupt",
+        _ => "event",
+    };
+    let name = match ((intr_info >> 8) & 7, vector) {
+        (3, 8) => "#DF".to_string(),
+        (3, 13) => "#GP".to_string(),
+        (3, 14) => {
+            let access = if error_code & 0x10 != 0 {
+                "instruction fetch"
+            } else if error_code & 2 != 0 {
+                "write"
+            } else {
+                "read"
+            };
+            let page = if error_code & 1 != 0 {
+                "protection"
+            } else {
+                "page not present"
+            };
+            format!("#PF ({access}, {page})")
+        }
+        _ => format!("vector {vector:#x}"),
+    };
+    let code = if intr_info & (1 << 11) != 0 {
+        format!(", error code {error_code:#x}")
+    } else {
+        String::new()
+    };
+    format!("delivering {kind} {name}{code}")
+}
+
+/// The events of the vCPU that shut down (or, with none, of the whole trace) up to its last
+/// exit, each RIP named, and a line saying what that exit was.
 fn explain(trace: &str, syms: &Symbols, keep: usize) -> (String, Option<String>) {
     let lines: Vec<&str> = trace.lines().filter(|l| !l.starts_with('#')).collect();
-    let tail = &lines[lines.len().saturating_sub(keep)..];
-    let rip_of = |l: &str| {
-        l.split("rip 0x")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    let shutdown = lines.iter().rposition(|l| l.contains("reason shutdown"));
+    let chosen: Vec<&str> = match shutdown {
+        Some(at) => {
+            // The task name (vcpuN-TID) of the vCPU thread that shut down.
+            let thread = lines[at].split_whitespace().next().unwrap_or("");
+            let mut mine: Vec<&str> = lines[..=at]
+                .iter()
+                .filter(|l| l.split_whitespace().next() == Some(thread))
+                .copied()
+                .collect();
+            mine.drain(..mine.len().saturating_sub(keep));
+            mine
+        }
+        None => lines[lines.len().saturating_sub(keep)..].to_vec(),
     };
     let mut text = String::new();
-    for l in tail {
+    for l in &chosen {
         text.push_str(l.trim());
-        if let Some(rip) = rip_of(l) {
+        if let Some(rip) = hex_field(l, "rip") {
             text.push_str(&format!("   <{}>", syms.name(rip)));
         }
         text.push('\n');
     }
-    let last = lines
+    let last = chosen
         .iter()
         .rev()
         .find(|l| l.contains("kvm_exit:"))
@@ -317,9 +380,16 @@ fn explain(trace: &str, syms: &Symbols, keep: usize) -> (String, Option<String>)
                 .nth(1)
                 .and_then(|s| s.split(" rip").next())
                 .unwrap_or("?");
-            match rip_of(l) {
-                Some(rip) => format!("last exit: {reason} at {rip:#x} <{}>", syms.name(rip)),
-                None => format!("last exit: {reason}"),
+            let event = delivering(
+                hex_field(l, "intr_info").unwrap_or(0),
+                hex_field(l, "error_code").unwrap_or(0),
+            );
+            match hex_field(l, "rip") {
+                Some(rip) => format!(
+                    "last exit: {reason} at {rip:#x} <{}>, {event}",
+                    syms.name(rip)
+                ),
+                None => format!("last exit: {reason}, {event}"),
             }
         });
     (text, last)
@@ -448,7 +518,7 @@ fn one_boot(run: &Run, vmm: Vmm, boot: u32, tally: &mut Tally) -> Outcome {
             println!("stress:   console| {l}");
         }
         if let Some(t) = trace_text {
-            let (tail, last) = explain(&t, syms, 24);
+            let (tail, last) = explain(&t, syms, 12);
             for l in tail.lines() {
                 println!("stress:   trace| {l}");
             }
@@ -519,6 +589,17 @@ fn stress() {
 }
 
 fn main() {
+    // CARAPACE_STRESS_EXPLAIN=<saved .trace>: the shutdown in a saved trace, RIPs named.
+    if let Some(file) = std::env::var_os("CARAPACE_STRESS_EXPLAIN") {
+        let trace = std::fs::read_to_string(&file).expect("read the trace");
+        let (tail, last) = explain(&trace, &Symbols::load(&guest_kernel()), 12);
+        print!("{tail}");
+        println!(
+            "{}",
+            last.unwrap_or_else(|| "no kvm_exit in the trace".into())
+        );
+        return;
+    }
     if inside() {
         stress();
         return;
