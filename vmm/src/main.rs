@@ -15,7 +15,7 @@ use carapace_vmm::api::ApiServer;
 use carapace_vmm::config::{
     BlockConfig, FsCache, FsConfig, NetConfig, Serial, VmConfig, VsockConfig,
 };
-use carapace_vmm::vm::Machine;
+use carapace_vmm::vm::{Machine, MachineError};
 
 const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
        [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
@@ -216,10 +216,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = config.validate() {
-        eprintln!("carapace-vmm: {e}");
-        return ExitCode::from(2);
-    }
     // Before the devices: the fs device sizes its bounds by the soft limit in force.
     match raise_nofile_limit() {
         Ok(n) => log::debug!("RLIMIT_NOFILE soft limit: {n}"),
@@ -230,8 +226,13 @@ fn main() -> ExitCode {
     let signals = termination_signals();
     // SAFETY: pthread_sigmask only reads the set we own.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    // Machine::new validates the configuration before it touches KVM: a refused one exits 2.
     let mut machine = match Machine::new(&config) {
         Ok(m) => m,
+        Err(e @ MachineError::Config(_)) => {
+            eprintln!("carapace-vmm: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("carapace-vmm: {e}");
             return ExitCode::from(1);

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch;
 use crate::bus::{Bus, SharedDevice};
-use crate::config::{Serial, VmConfig};
+use crate::config::{Serial, Validate, VmConfig};
 use crate::devices::legacy::{
     ConsoleLog, ResetTrigger, SerialConsole, I8042, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
 };
