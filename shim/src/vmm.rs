@@ -1,25 +1,30 @@
-//! The pod's `carapace-vmm` child: its JSON configuration (the VMM's `--config` format),
-//! starting it, watching its exit, and stopping it (SIGTERM, then SIGKILL).
+//! The pod's `carapace-vmm` child: the VM the shim asks for, written as the VMM's `--config`
+//! JSON (whose keys the shared `carapace-vmm-config` crate defines for both sides), starting
+//! it, watching its exit, and stopping it (SIGTERM, then SIGKILL).
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::Serialize;
+use carapace_vmm_config as schema;
 use tokio::process::Child;
 use tokio::sync::watch;
 
 use crate::error::{Result, ShimError};
+
+pub use schema::{BlockConfig as Block, Serial, VsockConfig as Vsock};
 
 /// The guest's vsock context id (each VM has its own hybrid socket, so all can share it).
 pub const GUEST_CID: u64 = 3;
 /// The virtio-fs tag of the pod's share.
 pub const SHARE_TAG: &str = "carapace";
 
-/// `VmConfig` of carapace-vmm, the keys the shim sets (the VMM refuses unknown keys, so this
-/// mirrors its `vmm/src/config.rs`; `fs` follows the virtio-fs contract).
-#[derive(Debug, Serialize)]
+/// The pod's VM as the shim builds it: the parts of carapace-vmm's configuration a pod always
+/// has (initramfs, control socket, vsock) are required here, and nets are inherited taps.
+/// [`VmConfig::vmm_config`] turns it into the VMM's own configuration type, the only one
+/// serialized.
+#[derive(Debug)]
 pub struct VmConfig {
     /// Guest kernel.
     pub kernel: PathBuf,
@@ -31,27 +36,24 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Memory in MiB.
     pub memory_mib: u64,
-    /// Serial console to a file.
+    /// Serial console (a file for pods).
     pub serial: Serial,
     /// The control socket.
     pub api_socket: PathBuf,
     /// The hybrid vsock.
     pub vsock: Vsock,
-    /// virtio-fs shares (omitted when empty, so a VMM without virtio-fs accepts the config).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// virtio-fs shares.
     pub fs: Vec<FsShare>,
     /// Block devices (the block-copy stop-gap only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub block: Vec<Block>,
     /// A virtio-rng device (the guest's entropy for container workloads).
     pub rng: bool,
     /// virtio-net devices, each on a tap the VMM inherits (the pod's network).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub net: Vec<Net>,
 }
 
 /// One virtio-net device on an inherited tap descriptor.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Net {
     /// The tap's descriptor in the VMM (the same number as in the shim: it is inherited).
     pub tap_fd: RawFd,
@@ -59,56 +61,63 @@ pub struct Net {
     pub mac: String,
 }
 
-/// The serial console's destination.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Serial {
-    /// Appended to this file.
-    File(PathBuf),
-}
-
-/// The hybrid vsock device.
-#[derive(Debug, Serialize)]
-pub struct Vsock {
-    /// Guest context id.
-    pub cid: u64,
-    /// Host-side Unix socket.
-    pub socket: PathBuf,
-}
-
 /// One virtio-fs share.
-#[derive(Debug, Serialize)]
-pub struct FsShare {
-    /// The tag the guest mounts.
-    pub tag: String,
-    /// The host directory.
-    pub path: PathBuf,
-    /// Cache mode.
-    pub cache: String,
-    /// DAX window.
-    pub dax: bool,
-    /// Read-only share.
-    pub read_only: bool,
-}
-
-/// One virtio-blk device.
-#[derive(Debug, Serialize)]
-pub struct Block {
-    /// Backing file.
-    pub path: PathBuf,
-    /// Refuse writes.
-    pub read_only: bool,
-}
+#[derive(Debug, Clone, PartialEq)]
+pub struct FsShare(schema::FsConfig);
 
 impl FsShare {
-    /// The pod's share of `dir` as the virtio-fs contract describes it.
+    /// The pod's share of `dir` as the virtio-fs contract describes it: tag [`SHARE_TAG`], no
+    /// guest cache, writable, no DAX, no device nodes.
     pub fn pod_share(dir: &Path) -> Self {
-        Self {
+        Self(schema::FsConfig {
             tag: SHARE_TAG.into(),
             path: dir.to_path_buf(),
-            cache: "never".into(),
+            cache: schema::FsCache::Never,
             dax: false,
             read_only: false,
+            allow_devices: false,
+        })
+    }
+}
+
+impl VmConfig {
+    /// The configuration carapace-vmm reads, in the VMM's own type (every key named, so a
+    /// key added to the schema is decided here).
+    pub fn vmm_config(&self) -> schema::VmConfig {
+        let VmConfig {
+            kernel,
+            initramfs,
+            cmdline,
+            vcpus,
+            memory_mib,
+            serial,
+            api_socket,
+            vsock,
+            fs,
+            block,
+            rng,
+            net,
+        } = self;
+        schema::VmConfig {
+            kernel: kernel.clone(),
+            initramfs: Some(initramfs.clone()),
+            cmdline: cmdline.clone(),
+            vcpus: *vcpus,
+            memory_mib: *memory_mib,
+            serial: serial.clone(),
+            api_socket: Some(api_socket.clone()),
+            block: block.clone(),
+            net: net
+                .iter()
+                .map(|n| schema::NetConfig {
+                    tap: None,
+                    tap_fd: Some(n.tap_fd),
+                    mac: Some(n.mac.clone()),
+                })
+                .collect(),
+            vsock: Some(vsock.clone()),
+            rng: *rng,
+            fs: fs.iter().map(|s| s.0.clone()).collect(),
         }
     }
 }
@@ -130,7 +139,7 @@ impl Vmm {
         config_path: &Path,
         log: &Path,
     ) -> Result<Self> {
-        let json = serde_json::to_vec_pretty(config)
+        let json = serde_json::to_vec_pretty(&config.vmm_config())
             .map_err(|e| ShimError::Internal(format!("serializing the VM config: {e}")))?;
         std::fs::write(config_path, json)
             .map_err(|e| ShimError::io(format!("writing {}", config_path.display()), e))?;
@@ -240,9 +249,8 @@ impl Vmm {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_follows_the_vmm_format() {
-        let c = VmConfig {
+    fn pod_vm() -> VmConfig {
+        VmConfig {
             kernel: "/k".into(),
             initramfs: "/i".into(),
             cmdline: "console=ttyS0".into(),
@@ -261,8 +269,13 @@ mod tests {
                 tap_fd: 5,
                 mac: "02:00:00:00:00:01".into(),
             }],
-        };
-        let v: serde_json::Value = serde_json::to_value(&c).unwrap();
+        }
+    }
+
+    #[test]
+    fn config_follows_the_vmm_format() {
+        let c = pod_vm();
+        let v: serde_json::Value = serde_json::to_value(c.vmm_config()).unwrap();
         assert_eq!(v["serial"]["file"], "/s");
         assert_eq!(v["vsock"]["cid"], 3);
         assert_eq!(v["fs"][0]["tag"], "carapace");
@@ -271,5 +284,32 @@ mod tests {
         assert!(v.get("block").is_none(), "empty lists are left out");
         assert_eq!(v["net"][0]["tap_fd"], 5);
         assert_eq!(v["net"][0]["mac"], "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn the_vmm_reads_what_the_shim_writes_as_before() {
+        let c = pod_vm().vmm_config();
+        let written = String::from_utf8(serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+        assert_eq!(schema::VmConfig::from_json(&written).unwrap(), c);
+        // The file the shim wrote before the schema was shared: the VMM reads the same VM.
+        let before = r#"{"kernel": "/k", "initramfs": "/i", "cmdline": "console=ttyS0",
+            "vcpus": 1, "memory_mib": 256, "serial": {"file": "/s"}, "api_socket": "/a",
+            "vsock": {"cid": 3, "socket": "/v"},
+            "fs": [{"tag": "carapace", "path": "/run/carapace/p/shared", "cache": "never",
+                    "dax": false, "read_only": false}],
+            "rng": true, "net": [{"tap_fd": 5, "mac": "02:00:00:00:00:01"}]}"#;
+        assert_eq!(schema::VmConfig::from_json(before).unwrap(), c);
+        let mut block = pod_vm();
+        block.fs.clear();
+        block.block.push(Block {
+            path: "/run/carapace/p/c.ext4".into(),
+            read_only: false,
+        });
+        let v = serde_json::to_value(block.vmm_config()).unwrap();
+        assert!(v.get("fs").is_none(), "empty lists are left out");
+        assert_eq!(
+            v["block"],
+            serde_json::json!([{"path": "/run/carapace/p/c.ext4", "read_only": false}])
+        );
     }
 }
