@@ -9,10 +9,12 @@ mod config;
 mod convert;
 mod error;
 mod events;
+mod exec_id;
 mod hostfs;
 mod mounts;
 mod network;
 mod output;
+mod pod;
 mod process;
 mod sandbox;
 mod service;
@@ -21,6 +23,7 @@ mod sizing;
 mod spec;
 mod stdio;
 mod vmm;
+mod watchers;
 
 use std::sync::Arc;
 

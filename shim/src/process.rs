@@ -8,6 +8,7 @@ use containerd_shim_protos::api::Status;
 use tokio::sync::watch;
 
 use crate::convert::Exit;
+use crate::exec_id::ExecId;
 use crate::output::Outputs;
 use crate::stdio::{Pumps, StdioPaths};
 
@@ -15,8 +16,8 @@ use crate::stdio::{Pumps, StdioPaths};
 pub struct Proc {
     /// Its container.
     pub container_id: String,
-    /// Empty for the init process.
-    pub exec_id: String,
+    /// Which of its container's processes it is.
+    pub exec_id: ExecId,
     /// containerd's stdio for it.
     pub stdio: StdioPaths,
     /// An exec's OCI Process JSON, sent to the agent at Start.
@@ -35,14 +36,14 @@ impl Proc {
     /// A created process.
     pub fn new(
         container_id: &str,
-        exec_id: &str,
+        exec_id: ExecId,
         stdio: StdioPaths,
         exec_spec: Option<Vec<u8>>,
         outputs: Arc<Outputs>,
     ) -> Arc<Self> {
         Arc::new(Self {
             container_id: container_id.into(),
-            exec_id: exec_id.into(),
+            exec_id,
             stdio,
             exec_spec,
             outputs,
@@ -55,10 +56,9 @@ impl Proc {
 
     /// The id containerd's events name the process by: the exec id, or the container's.
     pub fn event_id(&self) -> &str {
-        if self.exec_id.is_empty() {
-            &self.container_id
-        } else {
-            &self.exec_id
+        match &self.exec_id {
+            ExecId::Init => &self.container_id,
+            ExecId::Exec(id) => id,
         }
     }
 
@@ -116,7 +116,7 @@ mod tests {
     async fn wait_returns_the_recorded_exit() {
         let p = Proc::new(
             "c",
-            "",
+            ExecId::Init,
             StdioPaths::default(),
             None,
             Arc::new(Outputs::none()),

@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carapace_protocol::agent::{CloseStdinRequest, ReadStreamRequest, WriteStreamRequest};
-use carapace_protocol::agent_ttrpc::AgentServiceClient;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::agent::ctx;
+use crate::agent::{ctx, Agent};
 use crate::error::{Result, ShimError};
+use crate::exec_id::ExecId;
 use crate::output::{fifo_path, Destination, Outputs, Writer};
 
 /// Largest chunk asked of the agent per read.
@@ -60,7 +60,7 @@ pub struct Pumps {
 /// Identifies the process to the agent.
 #[derive(Clone)]
 struct Target {
-    client: AgentServiceClient,
+    client: Arc<dyn Agent>,
     container_id: String,
     exec_id: String,
 }
@@ -68,16 +68,16 @@ struct Target {
 impl Pumps {
     /// Starts pumping into `outputs` (opened beforehand); the agent-side process must exist.
     pub fn start(
-        client: &AgentServiceClient,
+        client: &Arc<dyn Agent>,
         container_id: &str,
-        exec_id: &str,
+        exec_id: &ExecId,
         paths: &StdioPaths,
         outputs: &Outputs,
     ) -> Self {
         let t = Target {
             client: client.clone(),
             container_id: container_id.into(),
-            exec_id: exec_id.into(),
+            exec_id: exec_id.wire().into(),
         };
         let (stdout, stderr) = outputs.take();
         let mut tasks = Vec::new();
