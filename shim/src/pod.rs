@@ -7,6 +7,8 @@
 
 mod control;
 pub mod host;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;
