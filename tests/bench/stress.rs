@@ -500,10 +500,17 @@ fn one_boot(run: &Run, vmm: Vmm, boot: u32, tally: &mut Tally) -> Outcome {
         }
     };
     vm.drain();
+    // The lab kernel's trace is the VMM-independent witness: a guest whose vCPU shut down
+    // (QEMU may reset and reboot it rather than exit) died of a triple fault.
+    let trace_text = trace.read();
+    let outcome = match (&outcome, &trace_text) {
+        (Outcome::Completed, _) => outcome,
+        (_, Some(t)) if t.contains("reason shutdown") => Outcome::TripleFault,
+        _ => outcome,
+    };
     if outcome != Outcome::Completed {
         let base = out.join(format!("{}-boot{boot}", vmm.slug()));
         let _ = std::fs::write(base.with_extension("console"), vm.text());
-        let trace_text = trace.read();
         if let Some(t) = &trace_text {
             let _ = std::fs::write(base.with_extension("trace"), t);
         }

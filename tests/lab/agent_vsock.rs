@@ -119,13 +119,8 @@ lab_test! {
         );
         let exe = std::env::var("CARAPACE_AGENT_HOST_TESTS")
             .expect("CARAPACE_AGENT_HOST_TESTS names the agent's host test binary (tests/lab/test sets it)");
-        // Skipped here: exec's check that it sees the container's PID 1. Under the lab's
-        // chroot (tests/lab/run chroots into an overlay of the host) the exec'd process sees
-        // the lab's /proc, not the container's; the cause is not understood yet. Exec does join
-        // the container in a real guest (agent_runs_containers_over_vsock_in_a_carapace_vmm_guest
-        // checks it) and on the host, where this test passes.
         let status = Command::new(&exe)
-            .args(["--test-threads=1", "--nocapture", "--skip", "exec_signals_and_duplicate_exec_ids"])
+            .args(["--test-threads=1", "--nocapture"])
             .status()
             .unwrap_or_else(|e| panic!("cannot run {exe}: {e}"));
         assert!(status.success(), "the agent's host tests failed under cgroup v2: {status}");

@@ -247,9 +247,11 @@ lab_test! {
         c.import(&busybox_image());
         let events = EventLog::start(&c);
         let small = "io.carapace.memory_mib=128";
+        let started = Instant::now();
         c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--annotation", small, BUSYBOX_IMAGE, "gp1", "sh", "-c", MEMORY_HOG]);
         let stopped = wait_for(Duration::from_secs(30), || (c.task_status("gp1") == "STOPPED").then_some(()));
         assert!(stopped.is_some(), "the task stops when its guest panics: {}\n{}", c.task_status("gp1"), c.log());
+        println!("lab figure: ctr run -d of the memory hog to the task STOPPED by its guest's panic: {:.0} ms", ms(started.elapsed()));
         // The process's exit is seen when the VMM closes its sockets; it is gone soon after.
         let gone = wait_for(Duration::from_secs(20), || vmms_of("gp1").is_empty().then_some(()));
         assert!(gone.is_some(), "the VMM ended with its guest");
