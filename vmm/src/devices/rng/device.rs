@@ -1,59 +1,31 @@
-//! The virtio-rng device: checks each request chain (device-writable buffers in guest memory)
-//! and fills it with random bytes.
+//! The virtio-rng device: checks each request chain (device-writable buffers in guest memory,
+//! by the shared chain checks) and fills it with random bytes.
 
 use std::io;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::Bytes;
 
 use super::{MAX_DESCRIPTORS, MAX_REQUEST_BYTES, QUEUE_SIZE};
+use crate::devices::virtio::chain::{check_chain, in_guest_memory, Layout};
+use crate::devices::virtio::common::VirtioCommon;
 use crate::devices::virtio::{
-    ActivateError, DeviceCounters, GuestMemory, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    ActivateError, DeviceCounters, GuestMemory, Interrupt, LogCounter, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
-
-/// Why a request chain was refused.
-#[derive(Debug, thiserror::Error)]
-enum RngRequestError {
-    /// The chain has no descriptor at all.
-    #[error("the descriptor chain is empty (bad head index or descriptor table)")]
-    Empty,
-    /// A loop, a bad next index, or too many descriptors.
-    #[error("the descriptor chain loops, has a bad next index or is longer than {MAX_DESCRIPTORS} descriptors")]
-    Unterminated,
-    /// The device only writes.
-    #[error("a device-readable descriptor in an entropy request")]
-    Readable,
-    /// A descriptor points outside guest memory.
-    #[error("a {len}-byte descriptor at {addr:#x} lies outside guest memory")]
-    OutsideMemory {
-        /// Guest physical address of the buffer.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
-}
 
 /// A virtio-rng device.
 #[derive(Debug)]
 pub struct Rng {
-    acked_features: u64,
+    common: VirtioCommon,
     counters: DeviceCounters,
     /// Random bytes on their way to the guest.
     buf: Vec<u8>,
     /// getrandom failures so far, to rate-limit their logs.
-    errors: u64,
-    active: Option<Active>,
-}
-
-/// What the device holds between activation and reset.
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    queue: Queue,
+    errors: LogCounter,
 }
 
 impl Default for Rng {
@@ -66,40 +38,44 @@ impl Rng {
     /// A new entropy device.
     pub fn new() -> Rng {
         Rng {
-            acked_features: 0,
+            common: VirtioCommon::new(VIRTIO_F_VERSION_1, 1),
             counters: DeviceCounters::default(),
             buf: vec![0; MAX_REQUEST_BYTES],
-            errors: 0,
-            active: None,
+            errors: LogCounter::default(),
         }
     }
 
     /// Features the driver accepted.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Serves every chain the guest made available, then raises one interrupt.
     fn process_requests(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return;
         };
+        let queue = &mut active.queues[0];
+        let mem = &active.mem;
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let used_len = match checked_descriptors(&active.mem, chain) {
-                Ok(descs) => match fill(&active.mem, &descs, &mut self.buf) {
+            // The device only writes: every buffer must be device-writable.
+            let checked = check_chain(
+                chain,
+                MAX_DESCRIPTORS,
+                in_guest_memory(mem),
+                Layout::WriteOnly,
+            );
+            let used_len = match checked {
+                Ok(checked) => match fill(mem, &checked.descs, &mut self.buf) {
                     Ok(n) => {
                         self.counters.completed(u64::from(n));
                         n
                     }
                     Err(e) => {
-                        self.errors += 1;
-                        if self.errors <= 10 || self.errors.is_power_of_two() {
-                            log::error!(
-                                "rng: cannot get random bytes ({} so far): {e}",
-                                self.errors
-                            );
+                        if let Some(n) = self.errors.count() {
+                            log::error!("rng: cannot get random bytes ({n} so far): {e}");
                         }
                         0
                     }
@@ -109,7 +85,7 @@ impl Rng {
                     0
                 }
             };
-            match active.queue.add_used(&active.mem, head, used_len) {
+            match queue.add_used(mem, head, used_len) {
                 Ok(()) => used_any = true,
                 Err(e) => log::debug!("rng: cannot return chain {head}: {e}"),
             }
@@ -118,36 +94,6 @@ impl Rng {
             active.interrupt.signal_used_queue();
         }
     }
-}
-
-/// The descriptors of `chain`, checked to end properly, to be device-writable and to lie in
-/// guest memory. virtio-queue's iterator stops silently on loops, bad next indices and
-/// unreadable descriptors; a chain cut short by any of these ends on a descriptor that still
-/// says NEXT.
-fn checked_descriptors(
-    mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
-) -> Result<Vec<Descriptor>, RngRequestError> {
-    let descs: Vec<Descriptor> = chain.take(MAX_DESCRIPTORS + 1).collect();
-    match descs.last() {
-        None => return Err(RngRequestError::Empty),
-        Some(last) if last.has_next() || descs.len() > MAX_DESCRIPTORS => {
-            return Err(RngRequestError::Unterminated)
-        }
-        Some(_) => {}
-    }
-    for d in &descs {
-        if !d.is_write_only() {
-            return Err(RngRequestError::Readable);
-        }
-        if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-            return Err(RngRequestError::OutsideMemory {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-    }
-    Ok(descs)
 }
 
 /// Fills the buffers in order with up to `buf.len()` random bytes; returns how many.
@@ -208,11 +154,11 @@ impl VirtioDevice for Rng {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & VIRTIO_F_VERSION_1;
+        self.common.ack_features(features);
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
@@ -226,16 +172,7 @@ impl VirtioDevice for Rng {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
-        Ok(())
+        self.common.activate(mem, interrupt, queues)
     }
 
     fn process_queue(&mut self, index: usize) {
@@ -247,8 +184,7 @@ impl VirtioDevice for Rng {
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         true
     }
 

@@ -1,16 +1,15 @@
 //! Tests of the virtio-rng device, driven through virtio-queue's mock driver over in-memory
 //! guest memory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{Rng, MAX_REQUEST_BYTES};
+use crate::devices::virtio::test_utils::{self, activate, add_chain, counter, used};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
 
 const MEM_SIZE: u64 = 0x100_0000;
@@ -18,52 +17,10 @@ const BUF: u64 = 0x10_0000;
 const FILL: u8 = 0xa5;
 
 fn guest_memory() -> GuestMemoryMmap {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let mem = test_utils::guest_memory(MEM_SIZE);
     mem.write_slice(&vec![FILL; 0x10_0000], GuestAddress(BUF))
         .unwrap();
     mem
-}
-
-fn activate(
-    dev: &mut Rng,
-    mem: &GuestMemoryMmap,
-    vq: &MockSplitQueue<GuestMemoryMmap>,
-) -> Arc<Interrupt> {
-    let irq = Arc::new(Interrupt::new().unwrap());
-    let q: Queue = vq.create_queue().unwrap();
-    dev.activate(mem.clone(), irq.clone(), vec![q]).unwrap();
-    irq
-}
-
-/// Adds a chain of (addr, len, device-writable) buffers at descriptor index `first`.
-fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[(u64, u32, bool)]) {
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, writable))| {
-            let mut flags = if writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            let mut next = 0;
-            if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-                next = first + i as u16 + 1;
-            }
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect();
-    vq.add_desc_chains(&raw, first).unwrap();
-}
-
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
-    let e = vq.used().ring().ref_at(i).unwrap().load();
-    (e.id(), e.len())
-}
-
-fn counter(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
 
 /// Whether the `len` bytes at `addr` still hold the initial fill.
@@ -78,7 +35,7 @@ fn writable_buffers_are_filled_and_counted() {
     let mut dev = Rng::new();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    let irq = activate(&mut dev, &mem, &vq);
+    let irq = activate(&mut dev, &mem, &[&vq]);
 
     add_chain(&vq, 0, &[(BUF, 256, true), (BUF + 0x1000, 128, true)]);
     add_chain(&vq, 2, &[(BUF + 0x2000, 64, true)]);
@@ -105,7 +62,7 @@ fn requests_are_capped() {
     let mut dev = Rng::new();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
 
     add_chain(&vq, 0, &[(BUF, 0xc000, true), (BUF + 0xc000, 0xc000, true)]);
     dev.process_queue(0);
@@ -120,7 +77,7 @@ fn malformed_chains_are_counted_and_returned_empty() {
     let mut dev = Rng::new();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    let irq = activate(&mut dev, &mem, &vq);
+    let irq = activate(&mut dev, &mem, &[&vq]);
 
     // A device-readable buffer, alone and after a writable one.
     add_chain(&vq, 0, &[(BUF, 64, false)]);
@@ -188,7 +145,7 @@ fn activation_reset_and_config() {
     ));
 
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
     assert!(dev.reset());
     add_chain(&vq, 0, &[(BUF, 16, true)]);
     dev.process_queue(0);

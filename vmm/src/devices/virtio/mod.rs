@@ -1,12 +1,18 @@
 //! The virtio device model: the trait every device implements, the interrupt it raises, the
-//! error counters it keeps, and the virtio-mmio transport that presents it to the guest.
+//! error counters it keeps, the device status bits, and the modules every device shares: the
+//! state devices embed (`common`), the descriptor-chain checks (`chain`) and the virtio-mmio
+//! transport that presents a device to the guest (`mmio`).
 //!
 //! A device is driven from two threads: vCPU threads reach it through the MMIO transport
 //! (register reads and writes, under the transport's lock), and the event loop thread calls
 //! [`VirtioDevice::process_queue`] when the guest notifies a queue (ioeventfd) and
 //! [`VirtioDevice::process_backend`] when one of the device's own file descriptors is ready.
 
+pub mod chain;
+pub mod common;
 pub mod mmio;
+#[cfg(test)]
+pub mod test_utils;
 
 use std::fmt;
 use std::io;
@@ -22,6 +28,23 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap;
 
 /// Feature bit every device offers: the device follows the virtio 1.x (non-legacy) layout.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// The device status register's bits (virtio 1.2 section 2.1), written by the driver but for
+/// DEVICE_NEEDS_RESET, which only the device sets.
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is set up: the device may serve its queues.
+    pub const DRIVER_OK: u32 = 4;
+    /// The driver accepted its features; they can no longer change.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device cannot go on until the driver resets it.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The driver gave up on the device (the driver's bit: the device never sets it).
+    pub const FAILED: u32 = 0x80;
+}
 
 /// Event data values at or above this are reserved for the transport's own events (queue
 /// notifications, activation); devices register their backend fds with data below it.
@@ -106,7 +129,7 @@ impl DeviceCounters {
     pub fn bad_request(&self, device: &str, why: impl fmt::Display) {
         let n = self.bad_requests.fetch_add(1, Ordering::Relaxed) + 1;
         // Rate-limit the log: a hostile guest must not flood the host's logs.
-        if n <= 10 || n.is_power_of_two() {
+        if log_nth(n) {
             log::warn!("{device}: refused a malformed request from the guest ({n} so far): {why}");
         }
     }
@@ -115,6 +138,30 @@ impl DeviceCounters {
     pub fn completed(&self, bytes: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Whether the `n`th occurrence (from 1) of a repeated event is logged: the first ten, then
+/// each power of two, so neither a hostile guest nor a failing host floods the logs.
+pub fn log_nth(n: u64) -> bool {
+    n <= 10 || n.is_power_of_two()
+}
+
+/// A count of repeated failures (host I/O errors, dropped frames, ...) whose logs are
+/// rate-limited by [`log_nth`]; refused guest requests go to [`DeviceCounters::bad_request`].
+#[derive(Debug, Default)]
+pub struct LogCounter(u64);
+
+impl LogCounter {
+    /// Counts one more; returns the new count when this one should be logged.
+    pub fn count(&mut self) -> Option<u64> {
+        self.0 += 1;
+        log_nth(self.0).then_some(self.0)
+    }
+
+    /// How many so far.
+    pub fn get(&self) -> u64 {
+        self.0
     }
 }
 
@@ -230,5 +277,13 @@ mod tests {
         assert_eq!(irq.eventfd().read().unwrap(), 2);
         irq.ack(INT_USED_RING);
         assert_eq!(irq.status(), INT_CONFIG_CHANGE);
+    }
+
+    #[test]
+    fn repeated_events_are_logged_ten_times_then_at_powers_of_two() {
+        let mut c = LogCounter::default();
+        let logged: Vec<u64> = (0..100).filter_map(|_| c.count()).collect();
+        assert_eq!(logged, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 32, 64]);
+        assert_eq!(c.get(), 100);
     }
 }
