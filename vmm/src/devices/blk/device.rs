@@ -15,9 +15,10 @@ use virtio_queue::{Queue, QueueT};
 
 use super::request::{self, Disk, Outcome};
 use super::{QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
+use crate::devices::virtio::common::VirtioCommon;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, LogCounter,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Size of the configuration space we expose: capacity, size_max, seg_max, geometry and
@@ -28,21 +29,11 @@ const CONFIG_LEN: usize = 24;
 #[derive(Debug)]
 pub struct Block {
     disk: Disk,
-    avail_features: u64,
-    acked_features: u64,
+    common: VirtioCommon,
     config: [u8; CONFIG_LEN],
     counters: DeviceCounters,
     /// Host-side failures so far, to rate-limit their logs.
-    io_errors: u64,
-    active: Option<Active>,
-}
-
-/// What the device holds between activation and reset.
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    queue: Queue,
+    io_errors: LogCounter,
 }
 
 impl Block {
@@ -89,12 +80,10 @@ impl Block {
                 read_only,
                 serial,
             },
-            avail_features,
-            acked_features: 0,
+            common: VirtioCommon::new(avail_features, 1),
             config,
             counters: DeviceCounters::default(),
-            io_errors: 0,
-            active: None,
+            io_errors: LogCounter::default(),
         })
     }
 
@@ -110,30 +99,31 @@ impl Block {
 
     /// Features the driver accepted.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Serves every chain the guest made available, then raises one interrupt.
     fn process_requests(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return;
         };
+        let queue = &mut active.queues[0];
+        let mem = &active.mem;
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let done = request::serve(&self.disk, &active.mem, chain);
+            let done = request::serve(&self.disk, mem, chain);
             match done.outcome {
                 Outcome::Done { bytes } => self.counters.completed(bytes),
                 Outcome::Failed(e) => {
                     self.counters.completed(0);
-                    self.io_errors += 1;
-                    if self.io_errors <= 10 || self.io_errors.is_power_of_two() {
-                        log::warn!("blk: request failed ({} so far): {e}", self.io_errors);
+                    if let Some(n) = self.io_errors.count() {
+                        log::warn!("blk: request failed ({n} so far): {e}");
                     }
                 }
                 Outcome::Refused(why) => self.counters.bad_request("blk", why),
             }
-            if let Err(e) = active.queue.add_used(&active.mem, head, done.used_len) {
+            if let Err(e) = queue.add_used(mem, head, done.used_len) {
                 // Only a head index beyond the queue size gets here (already counted as an
                 // empty chain): there is nothing to give back.
                 log::debug!("blk: cannot return chain {head}: {e}");
@@ -161,11 +151,11 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+        self.common.ack_features(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -178,16 +168,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
-        Ok(())
+        self.common.activate(mem, interrupt, queues)
     }
 
     fn process_queue(&mut self, index: usize) {
@@ -199,8 +180,7 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         true
     }
 

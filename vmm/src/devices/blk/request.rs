@@ -23,6 +23,7 @@ use vm_memory::{
 };
 
 use super::{MAX_DESCRIPTORS, SECTOR_SIZE, SERIAL_LEN};
+use crate::devices::virtio::chain::{self, in_guest_memory, ChainError, Collected, Layout};
 use crate::devices::virtio::GuestMemory;
 
 /// Size of the request header (struct virtio_blk_outhdr: type, ioprio, sector).
@@ -31,23 +32,10 @@ const HEADER_LEN: u64 = 16;
 /// Why the device refused a request chain.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum BlkRequestError {
-    /// The chain has no descriptor at all (bad head index or unreadable descriptor table).
-    #[error("the descriptor chain is empty (bad head index or descriptor table)")]
-    Empty,
-    /// The chain does not end: a loop, a bad next index, or too many descriptors.
-    #[error("the descriptor chain loops, has a bad next index or is longer than {MAX_DESCRIPTORS} descriptors")]
-    Unterminated,
-    /// A descriptor points outside guest memory.
-    #[error("a {len}-byte descriptor at {addr:#x} lies outside guest memory")]
-    OutsideMemory {
-        /// Guest physical address of the buffer.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
-    /// Device-readable descriptors must all come before the device-writable ones.
-    #[error("a device-readable descriptor follows a device-writable one")]
-    ReadableAfterWritable,
+    /// The chain's structure: empty, unterminated, outside guest memory, or a device-readable
+    /// descriptor after a device-writable one.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// Fewer than 16 device-readable bytes: no room for the header.
     #[error("the request header needs {HEADER_LEN} device-readable bytes, the chain has {0}")]
     ShortHeader(u64),
@@ -147,12 +135,12 @@ pub(super) fn serve(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
 ) -> Completion {
-    let (descs, terminated) = collect(chain);
-    let request = match parse(mem, &descs, terminated) {
+    let chain = chain::collect(chain, MAX_DESCRIPTORS);
+    let request = match parse(mem, &chain) {
         Ok(r) => r,
         Err(e) => {
             // Still tell the driver the request failed when the chain has a usable status byte.
-            let used_len = match status_byte(mem, &descs, terminated) {
+            let used_len = match status_byte(mem, &chain.descs, chain.terminated) {
                 Some(addr) => write_status(mem, addr, VIRTIO_BLK_S_IOERR),
                 None => 0,
             };
@@ -261,51 +249,24 @@ fn kind_name(kind: u32) -> &'static str {
     }
 }
 
-/// The descriptors of `chain`, at most `MAX_DESCRIPTORS + 1` of them, and whether the chain
-/// ended properly (its last descriptor has no NEXT flag). virtio-queue's iterator stops
-/// silently on loops, bad next indices and unreadable descriptors; a chain cut short by any of
-/// these ends on a descriptor that still says NEXT.
-fn collect(chain: DescriptorChain<&GuestMemory>) -> (Vec<Descriptor>, bool) {
-    let descs: Vec<Descriptor> = chain.take(MAX_DESCRIPTORS + 1).collect();
-    let terminated = descs.len() <= MAX_DESCRIPTORS && descs.last().is_some_and(|d| !d.has_next());
-    (descs, terminated)
-}
-
 /// Checks a chain's shape and decodes its header.
-fn parse(
-    mem: &GuestMemory,
-    descs: &[Descriptor],
-    terminated: bool,
-) -> Result<Request, BlkRequestError> {
-    if descs.is_empty() {
-        return Err(BlkRequestError::Empty);
-    }
-    if !terminated {
-        return Err(BlkRequestError::Unterminated);
-    }
+fn parse(mem: &GuestMemory, chain: &Collected<Descriptor>) -> Result<Request, BlkRequestError> {
+    // The header and a write's data, then a read's data and the status.
+    let lengths = chain.check(in_guest_memory(mem), Layout::ReadThenWrite)?;
+    let (readable_len, writable_len) = (lengths.readable, lengths.writable);
     let mut readable = Vec::new();
     let mut writable = Vec::new();
-    for d in descs {
+    for d in &chain.descs {
         let seg = Segment {
             addr: d.addr(),
             len: d.len(),
         };
-        if !GuestMemoryBackend::check_range(mem, seg.addr, seg.len as usize) {
-            return Err(BlkRequestError::OutsideMemory {
-                addr: seg.addr.0,
-                len: seg.len,
-            });
-        }
         if d.is_write_only() {
             writable.push(seg);
-        } else if !writable.is_empty() {
-            return Err(BlkRequestError::ReadableAfterWritable);
         } else {
             readable.push(seg);
         }
     }
-    let readable_len = total_len(&readable);
-    let writable_len = total_len(&writable);
     if readable_len < HEADER_LEN {
         return Err(BlkRequestError::ShortHeader(readable_len));
     }
@@ -314,7 +275,7 @@ fn parse(
     }
     let mut header = [0u8; HEADER_LEN as usize];
     read_bytes(mem, &sub_range(&readable, 0, HEADER_LEN), &mut header).map_err(|_| {
-        BlkRequestError::OutsideMemory {
+        ChainError::OutsideMemory {
             addr: readable[0].addr.0,
             len: readable[0].len,
         }
@@ -389,10 +350,6 @@ fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u32) -> u32 {
             0
         }
     }
-}
-
-fn total_len(segs: &[Segment]) -> u64 {
-    segs.iter().map(|s| u64::from(s.len)).sum()
 }
 
 /// The part of the byte stream `segs` that starts `skip` bytes in and is `len` bytes long (or

@@ -13,10 +13,10 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{Block, SECTOR_SIZE, SEG_MAX};
+use crate::devices::virtio::test_utils::{self, activate, add_chain, counter, used, used_count};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
 
 const MEM_SIZE: u64 = 0x100_0000;
@@ -56,18 +56,7 @@ impl Drop for TempDisk {
 }
 
 fn guest_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
-}
-
-fn activate(
-    dev: &mut Block,
-    mem: &GuestMemoryMmap,
-    vq: &MockSplitQueue<GuestMemoryMmap>,
-) -> Arc<Interrupt> {
-    let irq = Arc::new(Interrupt::new().unwrap());
-    let q: Queue = vq.create_queue().unwrap();
-    dev.activate(mem.clone(), irq.clone(), vec![q]).unwrap();
-    irq
+    test_utils::guest_memory(MEM_SIZE)
 }
 
 /// Writes a request header at `addr`.
@@ -78,44 +67,8 @@ fn header(mem: &GuestMemoryMmap, addr: u64, kind: u32, sector: u64) {
     mem.write_slice(&h, GuestAddress(addr)).unwrap();
 }
 
-/// Adds a chain of (addr, len, device-writable) buffers at descriptor index `first`.
-fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[(u64, u32, bool)]) {
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, writable))| {
-            let mut flags = if writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            let mut next = 0;
-            if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-                next = first + i as u16 + 1;
-            }
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect();
-    vq.add_desc_chains(&raw, first).unwrap();
-}
-
-/// The (head, len) of used ring entry `i`.
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
-    let e = vq.used().ring().ref_at(i).unwrap().load();
-    (e.id(), e.len())
-}
-
-fn used_count(vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
-    vq.used().idx().load()
-}
-
 fn status_at(mem: &GuestMemoryMmap, addr: u64) -> u32 {
     u32::from(mem.read_obj::<u8>(GuestAddress(addr)).unwrap())
-}
-
-fn counter(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
 
 #[test]
@@ -124,7 +77,7 @@ fn write_then_read_round_trip() {
     let mut dev = Block::new(disk.path(), false).unwrap();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    let irq = activate(&mut dev, &mem, &vq);
+    let irq = activate(&mut dev, &mem, &[&vq]);
 
     // OUT of two sectors at sector 2, from two data buffers.
     let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -188,7 +141,7 @@ fn header_and_status_may_share_buffers_with_data() {
     let mut dev = Block::new(disk.path(), false).unwrap();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
 
     header(&mem, DATA, VIRTIO_BLK_T_OUT, 1);
     mem.write_slice(&[0xabu8; 512], GuestAddress(DATA + 16))
@@ -214,7 +167,7 @@ fn flush_succeeds() {
     let mut dev = Block::new(disk.path(), false).unwrap();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
 
     header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
@@ -238,7 +191,7 @@ fn get_id_returns_the_file_name_cut_to_20_bytes() {
     let mut dev = Block::new(disk.path(), false).unwrap();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
 
     header(&mem, HDR, VIRTIO_BLK_T_GET_ID, 0);
     add_chain(
@@ -280,7 +233,7 @@ fn read_only_disk_refuses_writes() {
     assert_ne!(dev.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
 
     header(&mem, HDR, VIRTIO_BLK_T_OUT, 0);
     add_chain(
@@ -317,7 +270,7 @@ fn sectors_past_the_end_fail_with_ioerr() {
     assert_eq!(dev.capacity(), 4);
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
 
     // Straddles the end.
     header(&mem, HDR, VIRTIO_BLK_T_IN, 3);
@@ -369,7 +322,7 @@ fn malformed_chains_are_counted_and_returned() {
     let mut dev = Block::new(disk.path(), false).unwrap();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    let irq = activate(&mut dev, &mem, &vq);
+    let irq = activate(&mut dev, &mem, &[&vq]);
 
     let out = |i: u64| {
         header(&mem, HDR + i * 0x100, VIRTIO_BLK_T_OUT, 0);
@@ -522,7 +475,7 @@ fn head_index_beyond_the_queue_is_counted_once() {
     let mut dev = Block::new(disk.path(), false).unwrap();
     let mem = guest_memory();
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
 
     // Avail ring entry 0 names descriptor 1000 of a 256-entry table.
     mem.write_obj(1000u16, vq.avail_addr().unchecked_add(4))
@@ -595,14 +548,14 @@ fn activation_needs_one_queue_and_reset_drops_it() {
     ));
 
     let vq = MockSplitQueue::new(&mem, 256);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
     assert!(dev.reset());
     header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     add_chain(&vq, 0, &[(HDR, 16, false), (STATUS, 1, true)]);
     // After a reset nothing is served until the next activation.
     dev.process_queue(0);
     assert_eq!(used_count(&vq), 0);
-    activate(&mut dev, &mem, &vq);
+    activate(&mut dev, &mem, &[&vq]);
     dev.process_queue(0);
     assert_eq!(used_count(&vq), 1);
 }
