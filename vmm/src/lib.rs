@@ -7,6 +7,7 @@ pub mod arch;
 pub mod bus;
 pub mod config;
 pub mod devices;
+pub mod exit;
 pub mod uds;
 pub mod vcpu;
 pub mod vm;

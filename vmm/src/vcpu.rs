@@ -14,7 +14,7 @@ use vmm_sys_util::signal::register_signal_handler;
 
 use crate::arch::{boot, cpuid};
 use crate::bus::Bus;
-use crate::vm::{ExitReason, VmExit};
+use crate::exit::{ExitReason, VmExit};
 
 /// The signal that kicks a vCPU out of KVM_RUN (its handler does nothing).
 fn kick_signal() -> i32 {

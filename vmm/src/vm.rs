@@ -23,81 +23,8 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::mmio::{MmioSubscriber, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::VirtioDevice;
+use crate::exit::{ExitReason, VmExit};
 use crate::vcpu::{self, VcpuControl, VcpuRunner};
-
-/// Why a VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The guest rebooted (i8042 reset or a reset system event); carapace guests reboot to
-    /// power off.
-    Reset,
-    /// The guest powered off (a shutdown system event).
-    PowerOff,
-    /// A vCPU triple-faulted.
-    TripleFault,
-    /// The control API asked the VM to stop.
-    Shutdown,
-    /// The VMM hit an error it cannot recover from.
-    Error(String),
-}
-
-impl ExitReason {
-    /// The VMM's exit status for this reason: 0 for an orderly end, 3 for a triple fault,
-    /// 1 for an error.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Shutdown => 0,
-            ExitReason::TripleFault => 3,
-            ExitReason::Error(_) => 1,
-        }
-    }
-}
-
-impl std::fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitReason::Reset => write!(f, "guest reset"),
-            ExitReason::PowerOff => write!(f, "guest powered off"),
-            ExitReason::TripleFault => write!(f, "guest triple fault"),
-            ExitReason::Shutdown => write!(f, "shut down through the control API"),
-            ExitReason::Error(e) => write!(f, "error: {e}"),
-        }
-    }
-}
-
-/// Where the VM's end is announced: the first reason wins, and an eventfd wakes the loop.
-pub struct VmExit {
-    reason: Mutex<Option<ExitReason>>,
-    evt: EventFd,
-}
-
-impl VmExit {
-    /// A VM that has not ended.
-    pub fn new() -> std::io::Result<Self> {
-        Ok(VmExit {
-            reason: Mutex::new(None),
-            evt: EventFd::new(EFD_NONBLOCK)?,
-        })
-    }
-
-    /// Ends the VM for `reason` (later reasons are ignored).
-    pub fn exit(&self, reason: ExitReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_none() {
-            log::debug!("VM exit: {reason}");
-            *r = Some(reason);
-        }
-        let _ = self.evt.write(1);
-    }
-
-    /// The reason the VM ended, once it has.
-    pub fn reason(&self) -> Option<ExitReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
 
 /// Why a machine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -288,13 +215,13 @@ struct ExitSubscriber(Arc<VmExit>);
 
 impl MutEventSubscriber for ExitSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.0.evt, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(self.0.eventfd(), EventSet::IN)) {
             log::error!("cannot watch the VM's exit event: {e:?}");
         }
     }
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.0.evt.read();
+        let _ = self.0.eventfd().read();
     }
 }
 

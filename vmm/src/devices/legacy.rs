@@ -12,8 +12,8 @@ use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::exit::{ExitReason, VmExit};
 use crate::uds::LogLimit;
-use crate::vm::{ExitReason, VmExit};
 
 /// Port and IRQ of the first serial port (COM1, ttyS0).
 pub const SERIAL_PORT: u64 = 0x3f8;
