@@ -32,21 +32,94 @@ pub enum MachineError {
     /// The configuration is refused.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// /dev/kvm is missing or lacks a capability.
+    /// /dev/kvm cannot be opened.
+    #[error("/dev/kvm: {0}")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// A KVM system ioctl failed.
+    #[error("/dev/kvm: {what}: {source}")]
+    KvmIoctl {
+        /// The ioctl.
+        what: &'static str,
+        /// The failure.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// /dev/kvm lacks a capability or CPUID support this VMM needs.
     #[error("/dev/kvm: {0}")]
     Kvm(String),
     /// A KVM VM ioctl failed.
+    #[error("{what}: {source}")]
+    Vm {
+        /// The ioctl (and what it was for).
+        what: &'static str,
+        /// The failure.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A vCPU could not be created or given its boot state.
     #[error("{0}")]
-    Vm(String),
+    Vcpu(#[source] std::io::Error),
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(String),
     /// The kernel, initramfs or boot structures could not be loaded.
     #[error(transparent)]
     Boot(#[from] arch::boot::BootError),
-    /// A device could not be created.
+    /// An eventfd the machine needs could not be created.
     #[error("{0}")]
-    Device(String),
+    EventFd(#[source] std::io::Error),
+    /// The serial console's log file could not be opened.
+    #[error("serial file {}: {source}", .path.display())]
+    SerialFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Two devices claim the same bus range.
+    #[error("{0}")]
+    Bus(#[source] crate::bus::Overlap),
+    /// The kernel command line cannot hold what the machine adds to it.
+    #[error("cmdline: {0:?}")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// The device event loop could not be created.
+    #[error("epoll: {0:?}")]
+    EventLoop(#[source] event_manager::Error),
+    /// A virtio device or its transport could not be created (`what` names it, as
+    /// `block[0]` or `vsock`).
+    #[error("{what}: {source}")]
+    Device {
+        /// The device.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A virtio-fs share could not be created; the message carries the whole chain of
+    /// causes, as the share's errors are terse on their own.
+    #[error("fs[{index}]: {}", chain(.source))]
+    Fs {
+        /// The share's index in the configuration.
+        index: usize,
+        /// The failure.
+        #[source]
+        source: crate::devices::fs::FsError,
+    },
+    /// A device's configuration cannot be used (no cause beyond the message).
+    #[error("{0}")]
+    DeviceConfig(String),
+}
+
+/// `err` followed by each of its causes, `: `-separated.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
 }
 
 /// CPU time this process has used so far (user and system), in microseconds.
@@ -68,7 +141,13 @@ fn mark(phase: &str) {
 }
 
 fn vm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> MachineError {
-    move |e| MachineError::Vm(format!("{what}: {e}"))
+    move |source| MachineError::Vm { what, source }
+}
+
+/// Names the device a creation error is about.
+fn device_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MachineError {
+    let what = what.into();
+    move |source| MachineError::Device { what, source }
 }
 
 /// Counters of one virtio device, for the control API.
@@ -246,8 +325,7 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
     use crate::devices::{blk::Block, net::Net, rng::Rng, vsock::Vsock};
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, b) in config.block.iter().enumerate() {
-        let dev = Block::new(&b.path, b.read_only)
-            .map_err(|e| MachineError::Device(format!("block[{i}]: {e}")))?;
+        let dev = Block::new(&b.path, b.read_only).map_err(device_err(format!("block[{i}]")))?;
         out.push(Box::new(dev));
     }
     for (i, n) in config.net.iter().enumerate() {
@@ -259,7 +337,7 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
                 // validation checked it is a descriptor number, and fcntl below checks it is
                 // open before ownership is taken.
                 if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                    return Err(MachineError::Device(format!(
+                    return Err(MachineError::DeviceConfig(format!(
                         "net[{i}].tap_fd: {fd} is not an open file descriptor"
                     )));
                 }
@@ -268,12 +346,11 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
             }
             (None, None) => unreachable!("validated"),
         }
-        .map_err(|e| MachineError::Device(format!("net[{i}]: {e}")))?;
+        .map_err(device_err(format!("net[{i}]")))?;
         out.push(Box::new(dev));
     }
     if let Some(v) = &config.vsock {
-        let dev = Vsock::new(v.cid, v.socket.clone())
-            .map_err(|e| MachineError::Device(format!("vsock: {e}")))?;
+        let dev = Vsock::new(v.cid, v.socket.clone()).map_err(device_err("vsock"))?;
         out.push(Box::new(dev));
     }
     for (i, f) in config.fs.iter().enumerate() {
@@ -288,15 +365,8 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
             allow_devices: f.allow_devices,
             limits: None,
         };
-        let dev = Fs::with_options(&f.tag, &f.path, options).map_err(|e| {
-            let mut msg = format!("fs[{i}]: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            MachineError::Device(msg)
-        })?;
+        let dev = Fs::with_options(&f.tag, &f.path, options)
+            .map_err(|source| MachineError::Fs { index: i, source })?;
         out.push(Box::new(dev));
     }
     if config.rng {
@@ -309,7 +379,7 @@ impl Machine {
     /// Builds the VM: everything short of running its vCPUs.
     pub fn new(config: &VmConfig) -> Result<Machine, MachineError> {
         config.validate()?;
-        let kvm = Kvm::new().map_err(|e| MachineError::Kvm(e.to_string()))?;
+        let kvm = Kvm::new().map_err(MachineError::KvmOpen)?;
         for cap in [
             Cap::Irqchip,
             Cap::Ioeventfd,
@@ -321,9 +391,10 @@ impl Machine {
                 return Err(MachineError::Kvm(format!("lacks the {cap:?} capability")));
             }
         }
-        let vm = kvm
-            .create_vm()
-            .map_err(|e| MachineError::Kvm(format!("KVM_CREATE_VM: {e}")))?;
+        let vm = kvm.create_vm().map_err(|source| MachineError::KvmIoctl {
+            what: "KVM_CREATE_VM",
+            source,
+        })?;
         vm.set_tss_address(arch::KVM_TSS_START as usize)
             .map_err(vm_err("KVM_SET_TSS_ADDR"))?;
         vm.set_identity_map_address(arch::KVM_IDENTITY_MAP_START)
@@ -361,24 +432,27 @@ impl Machine {
 
         mark("guest memory registered");
         // Devices: serial and i8042 on the port bus, virtio-mmio on the MMIO bus.
-        let exit = Arc::new(VmExit::new().map_err(|e| MachineError::Device(e.to_string()))?);
+        let exit = Arc::new(VmExit::new().map_err(MachineError::EventFd)?);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        let serial_irq =
-            EventFd::new(EFD_NONBLOCK).map_err(|e| MachineError::Device(e.to_string()))?;
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(MachineError::EventFd)?;
         vm.register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(vm_err("KVM_IRQFD (serial)"))?;
-        let out: Box<dyn Write + Send> =
-            match &config.serial {
-                Serial::Stdout => Box::new(std::io::stdout()),
-                Serial::Off => Box::new(std::io::sink()),
-                // Capped at CONSOLE_LOG_CAP by rotation to `<file>.1`.
-                Serial::File(p) => Box::new(ConsoleLog::open(p).map_err(|e| {
-                    MachineError::Device(format!("serial file {}: {e}", p.display()))
-                })?),
-            };
+        let out: Box<dyn Write + Send> = match &config.serial {
+            Serial::Stdout => Box::new(std::io::stdout()),
+            Serial::Off => Box::new(std::io::sink()),
+            // Capped at CONSOLE_LOG_CAP by rotation to `<file>.1`.
+            Serial::File(p) => {
+                Box::new(
+                    ConsoleLog::open(p).map_err(|source| MachineError::SerialFile {
+                        path: p.clone(),
+                        source,
+                    })?,
+                )
+            }
+        };
         let serial: SharedDevice = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
-        let bus_err = |e: crate::bus::Overlap| MachineError::Device(e.to_string());
+        let bus_err = MachineError::Bus;
         pio.insert(serial.clone(), SERIAL_PORT, 8)
             .map_err(bus_err)?;
         let i8042: SharedDevice = Arc::new(Mutex::new(I8042(vm_superio::I8042Device::new(
@@ -386,21 +460,19 @@ impl Machine {
         ))));
         pio.insert(i8042, I8042_PORT, 5).map_err(bus_err)?;
 
-        let mut cmdline = Cmdline::new(arch::CMDLINE_MAX)
-            .map_err(|e| MachineError::Device(format!("cmdline: {e:?}")))?;
+        let mut cmdline = Cmdline::new(arch::CMDLINE_MAX).map_err(MachineError::Cmdline)?;
         cmdline
             .insert_str(&config.cmdline)
-            .map_err(|e| MachineError::Device(format!("cmdline: {e:?}")))?;
+            .map_err(MachineError::Cmdline)?;
 
         let mut event_manager: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| MachineError::Device(format!("epoll: {e:?}")))?;
+            EventManager::new().map_err(MachineError::EventLoop)?;
         let mut transports = Vec::new();
         for (i, device) in virtio_devices(config)?.into_iter().enumerate() {
             let base = arch::VIRTIO_MMIO_START + i as u64 * MMIO_LEN;
             let irq = arch::VIRTIO_IRQ_START + i as u32;
             let name = device.name().to_string();
-            let t = MmioTransport::new(device, mem.clone())
-                .map_err(|e| MachineError::Device(format!("{name}: {e}")))?;
+            let t = MmioTransport::new(device, mem.clone()).map_err(device_err(name))?;
             vm.register_irqfd(t.interrupt().eventfd(), irq)
                 .map_err(vm_err("KVM_IRQFD (virtio)"))?;
             for (q, evt) in t.queue_evts().iter().enumerate() {
@@ -412,7 +484,7 @@ impl Machine {
             event_manager.add_subscriber(Box::new(MmioSubscriber(t.clone())));
             cmdline
                 .add_virtio_mmio_device(MMIO_LEN, GuestAddress(base), irq, None)
-                .map_err(|e| MachineError::Device(format!("cmdline: {e:?}")))?;
+                .map_err(MachineError::Cmdline)?;
             transports.push((Arc::downgrade(&t), base, irq));
         }
         event_manager.add_subscriber(Box::new(ExitSubscriber(exit.clone())));
@@ -434,7 +506,10 @@ impl Machine {
         // vCPUs.
         let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| MachineError::Kvm(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
+            .map_err(|source| MachineError::KvmIoctl {
+                what: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
         let host = arch::cpuid::HostFacts {
             tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
         };
@@ -443,7 +518,7 @@ impl Machine {
         let mut runners = Vec::new();
         for index in 0..config.vcpus {
             let fd = vcpu::create(&vm, &supported, index, config.vcpus, kernel.entry)
-                .map_err(|e| MachineError::Vm(e.to_string()))?;
+                .map_err(MachineError::Vcpu)?;
             runners.push(VcpuRunner {
                 fd,
                 index,
@@ -514,5 +589,61 @@ impl Machine {
         }
         vcpu::join_all(&control, threads, Duration::from_secs(2));
         exit.reason().unwrap_or(ExitReason::Shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn os(errno: i32) -> std::io::Error {
+        std::io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn kvm_and_vm_errors_keep_their_text_and_cause() {
+        let kvm = kvm_ioctls::Error::new(libc::ENOENT);
+        let e = MachineError::KvmOpen(kvm);
+        assert_eq!(e.to_string(), format!("/dev/kvm: {kvm}"));
+        assert!(e.source().is_some());
+        let e = MachineError::KvmIoctl {
+            what: "KVM_CREATE_VM",
+            source: kvm,
+        };
+        assert_eq!(e.to_string(), format!("/dev/kvm: KVM_CREATE_VM: {kvm}"));
+        assert!(e.source().is_some());
+        let e = vm_err("KVM_CREATE_IRQCHIP")(kvm);
+        assert_eq!(e.to_string(), format!("KVM_CREATE_IRQCHIP: {kvm}"));
+        assert!(e.source().is_some());
+    }
+
+    #[test]
+    fn device_errors_keep_their_text_and_cause() {
+        let e = device_err("block[0]")(os(libc::ENOENT));
+        assert_eq!(e.to_string(), format!("block[0]: {}", os(libc::ENOENT)));
+        assert!(e.source().is_some());
+        let e = MachineError::SerialFile {
+            path: "/nonexistent/console.log".into(),
+            source: os(libc::ENOENT),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("serial file /nonexistent/console.log: {}", os(libc::ENOENT))
+        );
+        // A share's error is terse: its causes are part of the message.
+        let e = MachineError::Fs {
+            index: 1,
+            source: crate::devices::fs::FsError::Share {
+                path: "/srv".into(),
+                source: os(libc::EACCES),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("fs[1]: cannot share /srv: {}", os(libc::EACCES))
+        );
+        assert!(e.source().is_some());
     }
 }
