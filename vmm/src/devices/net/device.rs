@@ -9,17 +9,18 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::Bytes;
 
 use super::{
     tap, ETH_HLEN, MAX_DESCRIPTORS, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TAP_EVENT, TX_QUEUE,
     VNET_HDR_LEN,
 };
+use crate::devices::virtio::chain::{check_chain, in_guest_memory, ChainError, Layout};
+use crate::devices::virtio::common::VirtioCommon;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, LogCounter,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Configuration space: mac[6] and status of struct virtio_net_config.
@@ -28,28 +29,10 @@ const CONFIG_LEN: usize = 8;
 /// Why a chain was refused.
 #[derive(Debug, thiserror::Error)]
 enum NetChainError {
-    /// The chain has no descriptor at all.
-    #[error("the descriptor chain is empty (bad head index or descriptor table)")]
-    Empty,
-    /// A loop, a bad next index, or too many descriptors.
-    #[error("the descriptor chain loops, has a bad next index or is longer than {MAX_DESCRIPTORS} descriptors")]
-    Unterminated,
-    /// A descriptor points outside guest memory.
-    #[error("a {len}-byte descriptor at {addr:#x} lies outside guest memory")]
-    OutsideMemory {
-        /// Guest physical address of the buffer.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
-    /// A descriptor of the wrong direction for the queue.
-    #[error("a device-{found} descriptor in a {queue} chain")]
-    WrongDirection {
-        /// "readable" or "writable".
-        found: &'static str,
-        /// "rx" or "tx".
-        queue: &'static str,
-    },
+    /// The chain's structure: empty, unterminated, outside guest memory, or a descriptor of
+    /// the wrong direction for the queue (tx chains are device-readable, rx ones writable).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// A transmitted frame too short to carry the header and an Ethernet header.
     #[error("a {0}-byte tx chain cannot hold the virtio-net header and an Ethernet header")]
     ShortFrame(usize),
@@ -75,8 +58,7 @@ pub struct Net {
     tap: File,
     tap_name: String,
     mac: Option<[u8; 6]>,
-    avail_features: u64,
-    acked_features: u64,
+    common: VirtioCommon,
     config: [u8; CONFIG_LEN],
     counters: DeviceCounters,
     /// A frame read from the tap (header included) waiting for an rx buffer.
@@ -85,21 +67,11 @@ pub struct Net {
     rx_frame_len: usize,
     tx_frame: Vec<u8>,
     /// Frames lost on the host side (tap errors, runts from the tap).
-    dropped_frames: u64,
+    dropped_frames: LogCounter,
     /// The tap is in the event loop (registrations outlive resets).
     registered: bool,
     /// An error or hang-up of the tap was logged.
     warned_tap_state: bool,
-    active: Option<Active>,
-}
-
-/// What the device holds between activation and reset.
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    rx: Queue,
-    tx: Queue,
 }
 
 impl Net {
@@ -133,17 +105,15 @@ impl Net {
             tap,
             tap_name,
             mac,
-            avail_features,
-            acked_features: 0,
+            common: VirtioCommon::new(avail_features, 2),
             config,
             counters: DeviceCounters::default(),
             rx_frame: vec![0; MAX_FRAME_LEN],
             rx_frame_len: 0,
             tx_frame: vec![0; MAX_FRAME_LEN],
-            dropped_frames: 0,
+            dropped_frames: LogCounter::default(),
             registered: false,
             warned_tap_state: false,
-            active: None,
         }
     }
 
@@ -159,12 +129,12 @@ impl Net {
 
     /// Features the driver accepted.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Frames lost on the host side: tap write errors, unreadable or runt frames from the tap.
     pub fn dropped_frames(&self) -> u64 {
-        self.dropped_frames
+        self.dropped_frames.get()
     }
 
     /// Whether a frame read from the tap is waiting for the guest to post rx buffers.
@@ -174,13 +144,15 @@ impl Net {
 
     /// Sends every chain of the tx queue to the tap, then raises one interrupt.
     fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return;
         };
+        let tx = &mut active.queues[TX_QUEUE];
+        let mem = &active.mem;
         let mut used_any = false;
-        while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+        while let Some(chain) = tx.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            match gather(&active.mem, chain, &mut self.tx_frame) {
+            match gather(mem, chain, &mut self.tx_frame) {
                 Ok(len) => {
                     // No offload was negotiated: the header carries nothing the tap may act on.
                     self.tx_frame[..VNET_HDR_LEN].fill(0);
@@ -201,7 +173,7 @@ impl Net {
                 }
                 Err(why) => self.counters.bad_request("net", why),
             }
-            match active.tx.add_used(&active.mem, head, 0) {
+            match tx.add_used(mem, head, 0) {
                 Ok(()) => used_any = true,
                 Err(e) => log::debug!("net: cannot return tx chain {head}: {e}"),
             }
@@ -214,9 +186,11 @@ impl Net {
     /// Moves frames from the tap into the guest's rx buffers until the tap is drained or the
     /// guest has no buffer left (the frame in hand is then kept), then raises one interrupt.
     fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return;
         };
+        let rx = &mut active.queues[RX_QUEUE];
+        let mem = &active.mem;
         let mut used_any = false;
         loop {
             if self.rx_frame_len == 0 {
@@ -244,13 +218,13 @@ impl Net {
                     }
                 }
             }
-            let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+            let Some(chain) = rx.pop_descriptor_chain(mem) else {
                 // No buffer: keep the frame; the guest's next rx kick resumes.
                 break;
             };
             let head = chain.head_index();
             let frame_len = self.rx_frame_len;
-            let used_len = match scatter(&active.mem, chain, &mut self.rx_frame[..frame_len]) {
+            let used_len = match scatter(mem, chain, &mut self.rx_frame[..frame_len]) {
                 Ok(()) => {
                     self.counters.completed((frame_len - VNET_HDR_LEN) as u64);
                     self.rx_frame_len = 0;
@@ -261,7 +235,7 @@ impl Net {
                     // The guest's buffer is fine for smaller frames: keep it for the next one.
                     self.counters.bad_request("net", e);
                     self.rx_frame_len = 0;
-                    active.rx.go_to_previous_position();
+                    rx.go_to_previous_position();
                     continue;
                 }
                 Err(e) => {
@@ -270,7 +244,7 @@ impl Net {
                     0
                 }
             };
-            match active.rx.add_used(&active.mem, head, used_len) {
+            match rx.add_used(mem, head, used_len) {
                 Ok(()) => used_any = true,
                 Err(e) => log::debug!("net: cannot return rx chain {head}: {e}"),
             }
@@ -283,39 +257,10 @@ impl Net {
 
 /// Counts a frame lost on the host side and logs why (rate-limited: the host's traffic must
 /// not flood the logs).
-fn host_drop(dropped: &mut u64, tap_name: &str, why: std::fmt::Arguments<'_>) {
-    *dropped += 1;
-    let n = *dropped;
-    if n <= 10 || n.is_power_of_two() {
+fn host_drop(dropped: &mut LogCounter, tap_name: &str, why: std::fmt::Arguments<'_>) {
+    if let Some(n) = dropped.count() {
         log::warn!("net {tap_name}: dropped a frame ({n} so far): {why}");
     }
-}
-
-/// The descriptors of `chain` (at most `MAX_DESCRIPTORS`), checked to end properly and to lie
-/// in guest memory. virtio-queue's iterator stops silently on loops, bad next indices and
-/// unreadable descriptors; a chain cut short by any of these ends on a descriptor that still
-/// says NEXT.
-fn checked_descriptors(
-    mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
-) -> Result<Vec<Descriptor>, NetChainError> {
-    let descs: Vec<Descriptor> = chain.take(MAX_DESCRIPTORS + 1).collect();
-    match descs.last() {
-        None => return Err(NetChainError::Empty),
-        Some(last) if last.has_next() || descs.len() > MAX_DESCRIPTORS => {
-            return Err(NetChainError::Unterminated)
-        }
-        Some(_) => {}
-    }
-    for d in &descs {
-        if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-            return Err(NetChainError::OutsideMemory {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-    }
-    Ok(descs)
 }
 
 /// Copies a tx chain (header and frame) into `buf`; returns its length.
@@ -324,22 +269,21 @@ fn gather(
     chain: DescriptorChain<&GuestMemory>,
     buf: &mut [u8],
 ) -> Result<usize, NetChainError> {
-    let descs = checked_descriptors(mem, chain)?;
+    let chain = check_chain(
+        chain,
+        MAX_DESCRIPTORS,
+        in_guest_memory(mem),
+        Layout::ReadOnly,
+    )?;
     let mut len = 0usize;
-    for d in &descs {
-        if d.is_write_only() {
-            return Err(NetChainError::WrongDirection {
-                found: "writable",
-                queue: "tx",
-            });
-        }
+    for d in &chain.descs {
         let n = d.len() as usize;
         let end = len
             .checked_add(n)
             .filter(|&end| end <= buf.len())
             .ok_or(NetChainError::LongFrame)?;
         mem.read_slice(&mut buf[len..end], d.addr())
-            .map_err(|_| NetChainError::OutsideMemory {
+            .map_err(|_| ChainError::OutsideMemory {
                 addr: d.addr().0,
                 len: d.len(),
             })?;
@@ -358,14 +302,13 @@ fn scatter(
     chain: DescriptorChain<&GuestMemory>,
     frame: &mut [u8],
 ) -> Result<(), NetChainError> {
-    let descs = checked_descriptors(mem, chain)?;
-    if descs.iter().any(|d| !d.is_write_only()) {
-        return Err(NetChainError::WrongDirection {
-            found: "readable",
-            queue: "rx",
-        });
-    }
-    let capacity: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+    let chain = check_chain(
+        chain,
+        MAX_DESCRIPTORS,
+        in_guest_memory(mem),
+        Layout::WriteOnly,
+    )?;
+    let capacity = chain.lengths.writable;
     if capacity < VNET_HDR_LEN as u64 {
         return Err(NetChainError::ShortBuffer(capacity));
     }
@@ -380,13 +323,13 @@ fn scatter(
     frame[..VNET_HDR_LEN - 2].fill(0);
     frame[VNET_HDR_LEN - 2..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
     let mut off = 0;
-    for d in &descs {
+    for d in &chain.descs {
         if off == frame.len() {
             break;
         }
         let n = (d.len() as usize).min(frame.len() - off);
         mem.write_slice(&frame[off..off + n], d.addr())
-            .map_err(|_| NetChainError::OutsideMemory {
+            .map_err(|_| ChainError::OutsideMemory {
                 addr: d.addr().0,
                 len: d.len(),
             })?;
@@ -409,11 +352,11 @@ impl VirtioDevice for Net {
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+        self.common.ack_features(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -426,17 +369,8 @@ impl VirtioDevice for Net {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let Ok([rx, tx]) = <[Queue; 2]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            rx,
-            tx,
-        });
-        Ok(())
+        // Queue RX_QUEUE receives, TX_QUEUE transmits.
+        self.common.activate(mem, interrupt, queues)
     }
 
     fn process_queue(&mut self, index: usize) {
@@ -483,8 +417,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         self.rx_frame_len = 0;
         true
     }

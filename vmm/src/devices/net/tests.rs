@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -14,10 +14,12 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{Net, MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
+use crate::devices::virtio::test_utils::{
+    self, activate as activate_queues, add_chain, counter, used, used_count,
+};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
 
 const MEM_SIZE: u64 = 0x100_0000;
@@ -25,7 +27,7 @@ const BUF: u64 = 0x10_0000;
 const MAC: [u8; 6] = [0x02, 0xca, 0x4a, 0x00, 0x00, 0x01];
 
 fn guest_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    test_utils::guest_memory(MEM_SIZE)
 }
 
 /// A device whose "tap" is one end of a datagram socket pair; the other end is returned.
@@ -46,45 +48,8 @@ struct Queues<'a> {
 fn activate<'a>(dev: &mut Net, mem: &'a GuestMemoryMmap) -> Queues<'a> {
     let rx = MockSplitQueue::create(mem, GuestAddress(0), 256);
     let tx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 256);
-    let irq = Arc::new(Interrupt::new().unwrap());
-    let queues: Vec<Queue> = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
-    dev.activate(mem.clone(), irq.clone(), queues).unwrap();
+    let irq = activate_queues(dev, mem, &[&rx, &tx]);
     Queues { rx, tx, irq }
-}
-
-/// Adds a chain of (addr, len, device-writable) buffers at descriptor index `first`.
-fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[(u64, u32, bool)]) {
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, writable))| {
-            let mut flags = if writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            let mut next = 0;
-            if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-                next = first + i as u16 + 1;
-            }
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect();
-    vq.add_desc_chains(&raw, first).unwrap();
-}
-
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
-    let e = vq.used().ring().ref_at(i).unwrap().load();
-    (e.id(), e.len())
-}
-
-fn used_count(vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
-    vq.used().idx().load()
-}
-
-fn counter(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
 
 /// An Ethernet frame of `len` bytes whose bytes are derived from `seed`.
