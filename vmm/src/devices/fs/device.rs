@@ -10,15 +10,16 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_virtio_queue::QueueT as _;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 
 use super::guard::{Guard, Limits, Policy};
 use super::memory::SharedMemory;
 use super::request::{self, FsServer, Outcome, SharedGuard};
 use super::{CacheMode, FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
+use crate::devices::virtio::common::{split_address, QueueConfig, VirtioCommon};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, LogCounter,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// struct virtio_fs_config: tag[36] and num_request_queues.
@@ -32,15 +33,16 @@ const QUEUES: [u16; 1 + NUM_REQUEST_QUEUES as usize] =
 pub struct Fs {
     tag: String,
     config: [u8; CONFIG_LEN],
-    acked_features: u64,
+    /// Features and activation; the queues are virtio-queue 0.17's (see memory.rs for why),
+    /// configured like the transport's, over the memory alias.
+    common: VirtioCommon<SharedMemory, fuse_virtio_queue::Queue>,
     server: Arc<FsServer>,
     /// The share's rules and accounting, which the server calls through.
     guard: Arc<SharedGuard>,
     policy: Policy,
     counters: DeviceCounters,
     /// Requests answered ENOSYS so far, to rate-limit their logs.
-    denials: u64,
-    active: Option<Active>,
+    denials: LogCounter,
 }
 
 impl std::fmt::Debug for Fs {
@@ -48,18 +50,9 @@ impl std::fmt::Debug for Fs {
         f.debug_struct("Fs")
             .field("tag", &self.tag)
             .field("policy", &self.policy)
-            .field("active", &self.active.is_some())
+            .field("active", &self.common.is_active())
             .finish()
     }
-}
-
-/// What the device holds between activation and reset.
-struct Active {
-    interrupt: Arc<Interrupt>,
-    /// virtio-queue 0.17 queues (see memory.rs for why), configured like the transport's.
-    queues: Vec<fuse_virtio_queue::Queue>,
-    /// Declared last: the queues and in-flight work refer to this memory.
-    mem: SharedMemory,
 }
 
 /// How one directory is shared.
@@ -162,13 +155,12 @@ impl Fs {
         Ok(Fs {
             tag: tag.to_string(),
             config,
-            acked_features: 0,
+            common: VirtioCommon::new(VIRTIO_F_VERSION_1, QUEUES.len()),
             server: Arc::new(Server::new(guard.clone())),
             guard,
             policy,
             counters: DeviceCounters::default(),
-            denials: 0,
-            active: None,
+            denials: LogCounter::default(),
         })
     }
 
@@ -189,12 +181,12 @@ impl Fs {
 
     /// Features the driver accepted.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Serves every chain the guest made available on queue `index`, then raises one interrupt.
     fn process_requests(&mut self, index: usize) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return;
         };
         let Some(queue) = active.queues.get_mut(index) else {
@@ -210,12 +202,8 @@ impl Fs {
                 Outcome::Served => self.counters.completed(u64::from(done.used_len)),
                 Outcome::Denied(errno) => {
                     self.counters.completed(u64::from(done.used_len));
-                    self.denials += 1;
-                    if self.denials <= 10 || self.denials.is_power_of_two() {
-                        log::info!(
-                            "fs: answered a request with errno {errno} ({} so far)",
-                            self.denials
-                        );
+                    if let Some(n) = self.denials.count() {
+                        log::info!("fs: answered a request with errno {errno} ({n} so far)");
                     }
                 }
                 Outcome::Refused(why) => self.counters.bad_request("fs", why),
@@ -232,24 +220,20 @@ impl Fs {
     }
 }
 
-/// A virtio-queue 0.17 queue set up like `q`.
+/// A virtio-queue 0.17 queue set up like `q` (the shared [`QueueConfig`], built in the
+/// other version's type).
 pub(super) fn alias_queue(q: &Queue) -> Result<fuse_virtio_queue::Queue, ActivateError> {
-    let mut c = fuse_virtio_queue::Queue::new(q.max_size())
+    let cfg = QueueConfig::of(q);
+    let mut c = fuse_virtio_queue::Queue::new(cfg.max_size)
         .map_err(|e| ActivateError::Backend(std::io::Error::other(format!("queue: {e:?}"))))?;
-    c.set_size(q.size());
-    c.set_desc_table_address(
-        Some(q.desc_table() as u32),
-        Some((q.desc_table() >> 32) as u32),
-    );
-    c.set_avail_ring_address(
-        Some(q.avail_ring() as u32),
-        Some((q.avail_ring() >> 32) as u32),
-    );
-    c.set_used_ring_address(
-        Some(q.used_ring() as u32),
-        Some((q.used_ring() >> 32) as u32),
-    );
-    c.set_ready(q.ready());
+    c.set_size(cfg.size);
+    let (lo, hi) = split_address(cfg.desc_table);
+    c.set_desc_table_address(lo, hi);
+    let (lo, hi) = split_address(cfg.avail_ring);
+    c.set_avail_ring_address(lo, hi);
+    let (lo, hi) = split_address(cfg.used_ring);
+    c.set_used_ring_address(lo, hi);
+    c.set_ready(cfg.ready);
     Ok(c)
 }
 
@@ -267,11 +251,11 @@ impl VirtioDevice for Fs {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & VIRTIO_F_VERSION_1;
+        self.common.ack_features(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -284,23 +268,14 @@ impl VirtioDevice for Fs {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUES.len(),
-                got: queues.len(),
-            });
-        }
+        self.common.check_queue_count(&queues)?;
         let queues = queues
             .iter()
             .map(alias_queue)
             .collect::<Result<Vec<_>, _>>()?;
         let mem = SharedMemory::new(mem)
             .map_err(|e| ActivateError::Backend(std::io::Error::other(e.to_string())))?;
-        self.active = Some(Active {
-            interrupt,
-            queues,
-            mem,
-        });
+        self.common.set_active(mem, interrupt, queues);
         Ok(())
     }
 
@@ -311,8 +286,7 @@ impl VirtioDevice for Fs {
     fn reset(&mut self) -> bool {
         // The FUSE session's inodes and handles stay until the guest's next INIT re-imports
         // the root; a reset driver starts with INIT.
-        self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         true
     }
 

@@ -17,13 +17,13 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE, MAX_REQ_PAGES};
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use fuse_virtio_queue::desc::split::Descriptor;
 use fuse_virtio_queue::DescriptorChain;
-use fuse_vm_memory::{Bytes as _, GuestMemory as _};
+use fuse_vm_memory::{Bytes as _, GuestAddress as AliasAddress, GuestMemory as _};
 
 use super::guard::Guard;
 use super::memory::AliasMemory;
 use super::MAX_DESCRIPTORS;
+use crate::devices::virtio::chain::{self, ChainError, Layout};
 
 /// The passthrough file system as the device serves it, behind the share's guard.
 pub type FsServer = Server<Arc<SharedGuard>>;
@@ -74,23 +74,10 @@ const _: () = assert!(MAX_IO_PAGES as usize + 4 <= super::QUEUE_SIZE as usize);
 /// Why a request was refused as malformed.
 #[derive(Debug, thiserror::Error)]
 pub enum FsRequestError {
-    /// The chain has no descriptor at all.
-    #[error("the descriptor chain is empty (bad head index or descriptor table)")]
-    Empty,
-    /// A loop, a bad next index, or too many descriptors.
-    #[error("the descriptor chain loops, has a bad next index or is longer than {MAX_DESCRIPTORS} descriptors")]
-    Unterminated,
-    /// A device-readable descriptor after a device-writable one.
-    #[error("a device-readable descriptor follows a device-writable one")]
-    Order,
-    /// A descriptor points outside guest memory.
-    #[error("a {len}-byte descriptor at {addr:#x} lies outside guest memory")]
-    OutsideMemory {
-        /// Guest physical address of the buffer.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
+    /// The chain's structure: empty, unterminated, outside guest memory, or a device-readable
+    /// descriptor after a device-writable one.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// The request is shorter than a FUSE header.
     #[error("{0} readable bytes cannot hold a FUSE header")]
     ShortHeader(usize),
@@ -318,38 +305,17 @@ fn widen_init_reply(
 }
 
 /// Checks that the chain ends properly, lies in guest memory and puts every device-readable
-/// buffer before the device-writable ones; returns its readable and writable byte counts.
-/// virtio-queue's iterator stops silently on loops, bad next indices and unreadable
-/// descriptors; a chain cut short by any of these ends on a descriptor that still says NEXT.
+/// buffer before the device-writable ones (the shared chain checks); returns its readable and
+/// writable byte counts.
 fn check_chain(
     mem: &AliasMemory,
     chain: DescriptorChain<&AliasMemory>,
 ) -> Result<(usize, usize), FsRequestError> {
-    let descs: Vec<Descriptor> = chain.take(MAX_DESCRIPTORS + 1).collect();
-    match descs.last() {
-        None => return Err(FsRequestError::Empty),
-        Some(last) if last.has_next() || descs.len() > MAX_DESCRIPTORS => {
-            return Err(FsRequestError::Unterminated)
-        }
-        Some(_) => {}
-    }
-    let (mut readable, mut writable) = (0usize, 0usize);
-    for d in &descs {
-        if !mem.check_range(d.addr(), d.len() as usize) {
-            return Err(FsRequestError::OutsideMemory {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-        if d.is_write_only() {
-            writable += d.len() as usize;
-        } else if writable > 0 {
-            return Err(FsRequestError::Order);
-        } else {
-            readable += d.len() as usize;
-        }
-    }
-    Ok((readable, writable))
+    let in_memory = |addr, len: u32| mem.check_range(AliasAddress(addr), len as usize);
+    let lengths = chain::collect(chain, MAX_DESCRIPTORS).check(in_memory, Layout::ReadThenWrite)?;
+    // At most MAX_DESCRIPTORS buffers of u32 bytes each: the sums fit a 64-bit usize.
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok((size(lengths.readable), size(lengths.writable)))
 }
 
 /// Writes a FUSE reply carrying only `-errno` (0: success without a body) into the chain's

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -16,6 +16,7 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{CacheMode, Fs, FsError, QUEUE_SIZE};
+use crate::devices::virtio::test_utils::counter;
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
 
 pub(super) const MEM_SIZE: u64 = 0x100_0000;
@@ -94,10 +95,6 @@ pub(super) fn u64_at(b: &[u8], off: usize) -> u64 {
 
 pub(super) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
-}
-
-fn counter(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
 
 pub(super) fn name(s: &str) -> Vec<u8> {

@@ -16,6 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ROOT_ID};
 
+use crate::devices::virtio::log_nth;
+
 mod filesystem;
 
 /// Largest xattr value or name list Linux stores (XATTR_SIZE_MAX, XATTR_LIST_MAX): a guest's
@@ -154,7 +156,7 @@ impl<FS: FileSystem> Guard<FS> {
     /// Counts and logs (rate-limited) a refusal; returns `e` as an error.
     fn deny<T>(&self, what: &str, e: i32) -> io::Result<T> {
         let n = self.denials.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= 10 || n.is_power_of_two() {
+        if log_nth(n) {
             log::info!("fs: refused {what} with errno {e} ({n} so far)");
         }
         errno(e)
