@@ -25,6 +25,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 
+use crate::devices::virtio::common::{ActiveState, VirtioCommon};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -75,20 +76,13 @@ pub(crate) enum VsockError {
     },
 }
 
-/// What the device holds once the driver activated it.
-struct Active {
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    queues: Vec<Queue>,
-}
-
 /// A virtio-vsock device whose host side is a Unix socket (see the module docs).
 pub struct Vsock {
     guest_cid: u64,
-    acked_features: u64,
+    /// Features and what activation handed over (rx, tx and event queues, in that order).
+    common: VirtioCommon,
     muxer: Muxer,
     counters: DeviceCounters,
-    active: Option<Active>,
     /// The backend's epoll fd is registered with the event loop (it stays across resets).
     registered: bool,
 }
@@ -106,10 +100,9 @@ impl Vsock {
         }
         Ok(Vsock {
             guest_cid,
-            acked_features: 0,
+            common: VirtioCommon::new(VIRTIO_F_VERSION_1, QUEUE_SIZES.len()),
             muxer: Muxer::new(guest_cid, uds_path)?,
             counters: DeviceCounters::default(),
-            active: None,
             registered: false,
         })
     }
@@ -134,7 +127,7 @@ impl Vsock {
     }
 
     fn signal(&self) {
-        if let Some(a) = &self.active {
+        if let Some(a) = self.common.active() {
             a.interrupt.signal_used_queue();
         }
     }
@@ -142,7 +135,7 @@ impl Vsock {
     /// Hands pending packets to the guest while it has rx buffers. Returns whether any
     /// buffer was used.
     fn process_rx(&mut self) -> bool {
-        let Some(Active { mem, queues, .. }) = &mut self.active else {
+        let Some(ActiveState { mem, queues, .. }) = self.common.active_mut() else {
             return false;
         };
         let queue = &mut queues[RXQ];
@@ -189,7 +182,7 @@ impl Vsock {
 
     /// Takes every packet the guest queued for sending. Returns whether any was.
     fn process_tx(&mut self) -> bool {
-        let Some(Active { mem, queues, .. }) = &mut self.active else {
+        let Some(ActiveState { mem, queues, .. }) = self.common.active_mut() else {
             return false;
         };
         let queue = &mut queues[TXQ];
@@ -306,11 +299,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
+        self.common.ack_features(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -324,18 +317,9 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
-        }
+        self.common.check_queue_count(&queues)?;
         self.muxer.start()?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-        });
+        self.common.set_active(mem, interrupt, queues);
         Ok(())
     }
 
@@ -374,8 +358,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) -> bool {
         self.muxer.reset();
-        self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         true
     }
 
