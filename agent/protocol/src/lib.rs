@@ -6,6 +6,7 @@
 
 pub mod generated;
 pub mod id;
+pub mod status;
 
 pub use generated::agent;
 pub use generated::agent_ttrpc;
