@@ -1,6 +1,8 @@
-//! The shim's error type and its mapping to ttrpc codes at the Task API's edge; errors the
-//! agent returned keep the agent's code.
+//! The shim's error type and its mapping to ttrpc codes at the Task API's edge (the kinds,
+//! their codes and the status built from an error are `carapace_protocol::status`'s, shared
+//! with the agent); errors the agent returned keep the agent's code.
 
+use carapace_protocol::status::{self, ErrorKind, RpcError};
 use ttrpc::Code;
 
 /// Why a Task request failed.
@@ -82,35 +84,35 @@ impl ShimError {
 
     /// The ttrpc code containerd sees.
     pub fn code(&self) -> Code {
-        match self {
-            Self::NotFound(_) => Code::NOT_FOUND,
-            Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
-            Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
-            Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            Self::Unimplemented(_) => Code::UNIMPLEMENTED,
-            Self::Agent { code, .. } => *code,
-            Self::AgentTransport { .. } => Code::UNAVAILABLE,
+        let kind = match self {
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Self::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Self::Unimplemented(_) => ErrorKind::Unimplemented,
+            Self::Agent { code, .. } => return *code,
+            Self::AgentTransport { .. } => ErrorKind::Unavailable,
             Self::Network(e) => match e {
-                crate::network::NetworkError::Agent(inner) => inner.code(),
-                e if e.is_invalid_argument() => Code::INVALID_ARGUMENT,
-                _ => Code::INTERNAL,
+                crate::network::NetworkError::Agent(inner) => return inner.code(),
+                e if e.is_invalid_argument() => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
             },
-            Self::Io { .. } | Self::Internal(_) => Code::INTERNAL,
-        }
+            Self::Io { .. } | Self::Internal(_) => ErrorKind::Internal,
+        };
+        kind.code()
+    }
+}
+
+impl RpcError for ShimError {
+    fn code(&self) -> Code {
+        ShimError::code(self)
     }
 }
 
 impl From<ShimError> for ttrpc::Error {
     fn from(err: ShimError) -> Self {
         // The whole chain: `Io` keeps its cause in `source`.
-        let mut msg = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), msg))
+        status::status(&err)
     }
 }
 
@@ -120,6 +122,44 @@ pub type Result<T> = std::result::Result<T, ShimError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_error_has_its_code() {
+        let cases = [
+            (
+                ShimError::NotFound("container \"c\"".into()),
+                Code::NOT_FOUND,
+            ),
+            (
+                ShimError::AlreadyExists("exec \"e\"".into()),
+                Code::ALREADY_EXISTS,
+            ),
+            (
+                ShimError::InvalidArgument("id".into()),
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                ShimError::FailedPrecondition("paused".into()),
+                Code::FAILED_PRECONDITION,
+            ),
+            (
+                ShimError::Unimplemented("checkpoint".into()),
+                Code::UNIMPLEMENTED,
+            ),
+            (
+                ShimError::io("mounting", std::io::Error::from_raw_os_error(libc::EPERM)),
+                Code::INTERNAL,
+            ),
+            (ShimError::Internal("state".into()), Code::INTERNAL),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code(), code, "{e}");
+            match ttrpc::Error::from(e) {
+                ttrpc::Error::RpcStatus(s) => assert_eq!(s.code(), code),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn agent_codes_pass_through() {

@@ -34,10 +34,7 @@ pub struct Service {
 
 /// Maps a handler's outcome to what containerd gets, logging a failure with its code.
 fn done<T>(what: &str, r: Result<T>) -> TResult<T> {
-    r.map_err(|e| {
-        log::warn!("{what} failed ({:?}): {e}", e.code());
-        e.into()
-    })
+    carapace_protocol::status::respond(r, |e| log::warn!("{what} failed ({:?}): {e}", e.code()))
 }
 
 impl Service {
