@@ -347,7 +347,7 @@ impl Containers {
         }
         nix::sys::signal::kill(p.pid, sig).map_err(|e| match e {
             nix::errno::Errno::ESRCH => AgentError::NotFound(format!("process {} is gone", p.pid)),
-            e => AgentError::Internal(format!("kill: {e}")),
+            e => AgentError::sys("kill", e),
         })
     }
 
@@ -549,10 +549,10 @@ fn receive_fd(listener: &UnixListener) -> Result<OwnedFd> {
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(|e| AgentError::Internal(format!("receiving the pty master: {e}")))?;
+    .map_err(|e| AgentError::sys("receiving the pty master", e))?;
     for cmsg in msg
         .cmsgs()
-        .map_err(|e| AgentError::Internal(format!("receiving the pty master: {e}")))?
+        .map_err(|e| AgentError::sys("receiving the pty master", e))?
     {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             if let Some(&fd) = fds.first() {

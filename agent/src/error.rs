@@ -1,5 +1,8 @@
-//! The agent's error type and its mapping to ttrpc status codes at the RPC edge.
+//! The agent's error type and its mapping to ttrpc status codes at the RPC edge (the kinds,
+//! their codes and the status built from an error are `carapace_protocol::status`'s, shared
+//! with the shim).
 
+use carapace_protocol::status::{self, ErrorKind, RpcError};
 use ttrpc::Code;
 
 /// Why an agent request failed; each variant maps to one ttrpc code.
@@ -23,7 +26,31 @@ pub enum AgentError {
     /// The agent does not implement the request.
     #[error("unimplemented: {0}")]
     Unimplemented(String),
-    /// Anything else: a failed system call, a libcontainer failure.
+    /// An I/O operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call failed.
+    #[error("{what}")]
+    Sys {
+        /// The call, or what it was for.
+        what: String,
+        /// The failure.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// A system call failed and its errno says all there is to say.
+    #[error(transparent)]
+    Errno(nix::errno::Errno),
+    /// libcontainer failed in a way no other variant names.
+    #[error(transparent)]
+    Container(libcontainer::error::LibcontainerError),
+    /// Anything else.
     #[error("{0}")]
     Internal(String),
 }
@@ -31,54 +58,173 @@ pub enum AgentError {
 impl AgentError {
     /// The ttrpc code this error is reported with.
     pub fn code(&self) -> Code {
-        match self {
-            Self::NotFound(_) => Code::NOT_FOUND,
-            Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
-            Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
-            Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            Self::PermissionDenied(_) => Code::PERMISSION_DENIED,
-            Self::Unimplemented(_) => Code::UNIMPLEMENTED,
-            Self::Internal(_) => Code::INTERNAL,
-        }
+        let kind = match self {
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Self::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Self::Unimplemented(_) => ErrorKind::Unimplemented,
+            Self::Io { .. }
+            | Self::Sys { .. }
+            | Self::Errno(_)
+            | Self::Container(_)
+            | Self::Internal(_) => ErrorKind::Internal,
+        };
+        kind.code()
     }
 
     /// Wraps an I/O failure with what was being done.
     pub fn io(what: &str, err: std::io::Error) -> Self {
-        Self::Internal(format!("{what}: {err}"))
+        Self::Io {
+            what: what.to_string(),
+            source: err,
+        }
+    }
+
+    /// Wraps a failed system call with what was being done.
+    pub fn sys(what: &str, err: nix::errno::Errno) -> Self {
+        Self::Sys {
+            what: what.to_string(),
+            source: err,
+        }
+    }
+
+    /// The message with its whole chain of causes, as the caller of a failed RPC reads it.
+    pub fn message(&self) -> String {
+        status::message(self)
+    }
+}
+
+impl RpcError for AgentError {
+    fn code(&self) -> Code {
+        AgentError::code(self)
     }
 }
 
 impl From<AgentError> for ttrpc::Error {
     fn from(err: AgentError) -> Self {
-        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), err.to_string()))
+        status::status(&err)
     }
 }
 
 impl From<libcontainer::error::LibcontainerError> for AgentError {
     fn from(err: libcontainer::error::LibcontainerError) -> Self {
         use libcontainer::error::LibcontainerError as L;
-        // libcontainer's Display of wrapper variants is terse; keep the whole chain.
-        let mut msg = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        match err {
-            L::Exist => Self::AlreadyExists(msg),
-            L::NoDirectory => Self::NotFound(msg),
-            L::IncorrectStatus(_) => Self::FailedPrecondition(msg),
+        // libcontainer's Display of wrapper variants is terse; messages keep the whole chain.
+        let wrap: fn(String) -> Self = match &err {
+            L::Exist => Self::AlreadyExists,
+            L::NoDirectory => Self::NotFound,
+            L::IncorrectStatus(_) => Self::FailedPrecondition,
             L::InvalidInput(_)
             | L::InvalidID(_)
             | L::MissingSpec(_)
             | L::InvalidSpec(_)
             | L::Spec(_)
-            | L::NoUserNamespace => Self::InvalidArgument(msg),
-            _ => Self::Internal(msg),
-        }
+            | L::NoUserNamespace => Self::InvalidArgument,
+            _ => return Self::Container(err),
+        };
+        wrap(status::message(&err))
     }
 }
 
 /// Result of agent operations.
 pub type Result<T> = std::result::Result<T, AgentError>;
+
+#[cfg(test)]
+mod tests {
+    use libcontainer::error::LibcontainerError as L;
+    use nix::errno::Errno;
+
+    use super::*;
+
+    fn os(errno: i32) -> std::io::Error {
+        std::io::Error::from_raw_os_error(errno)
+    }
+
+    /// The code and message the caller of a failed RPC gets.
+    fn answer(e: AgentError) -> (Code, String) {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_error_has_its_code() {
+        let cases = [
+            (
+                AgentError::NotFound("container \"c\"".into()),
+                Code::NOT_FOUND,
+            ),
+            (
+                AgentError::AlreadyExists("exec \"e\"".into()),
+                Code::ALREADY_EXISTS,
+            ),
+            (
+                AgentError::InvalidArgument("id".into()),
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                AgentError::FailedPrecondition("started".into()),
+                Code::FAILED_PRECONDITION,
+            ),
+            (
+                AgentError::PermissionDenied("mount".into()),
+                Code::PERMISSION_DENIED,
+            ),
+            (
+                AgentError::Unimplemented("checkpoint".into()),
+                Code::UNIMPLEMENTED,
+            ),
+            (AgentError::io("poll", os(libc::EBADF)), Code::INTERNAL),
+            (AgentError::sys("kill", Errno::EPERM), Code::INTERNAL),
+            (AgentError::Errno(Errno::EBADF), Code::INTERNAL),
+            (AgentError::Container(L::NoExecutors), Code::INTERNAL),
+            (AgentError::Internal("oom watcher".into()), Code::INTERNAL),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code(), code, "{e}");
+            assert_eq!(answer(e).0, code);
+        }
+    }
+
+    #[test]
+    fn causes_are_sources_and_stay_in_the_message() {
+        let e = AgentError::io("creating the bundle", os(libc::ENOENT));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            answer(e).1,
+            format!("creating the bundle: {}", os(libc::ENOENT))
+        );
+        let e = AgentError::sys("kill", Errno::EPERM);
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.message(), format!("kill: {}", Errno::EPERM));
+        assert_eq!(answer(e).1, format!("kill: {}", Errno::EPERM));
+        assert_eq!(
+            answer(AgentError::Errno(Errno::EBADF)).1,
+            Errno::EBADF.to_string()
+        );
+        assert_eq!(
+            answer(AgentError::NotFound("container \"c\"".into())).1,
+            "container \"c\" not found"
+        );
+    }
+
+    #[test]
+    fn libcontainer_errors_keep_their_codes_and_whole_chain() {
+        let (code, msg) = answer(L::Exist.into());
+        assert_eq!(code, Code::ALREADY_EXISTS);
+        assert_eq!(msg, "container already exists already exists");
+        assert_eq!(answer(L::NoDirectory.into()).0, Code::NOT_FOUND);
+        assert_eq!(
+            answer(L::InvalidInput("bad".into()).into()).0,
+            Code::INVALID_ARGUMENT
+        );
+        let e = AgentError::from(L::OtherIO(os(libc::EIO)));
+        assert!(matches!(e, AgentError::Container(_)));
+        let (code, msg) = answer(e);
+        assert_eq!(code, Code::INTERNAL);
+        assert_eq!(msg, format!("io error: {}", os(libc::EIO)));
+    }
+}

@@ -114,7 +114,7 @@ fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
         };
         let containers = Arc::new(
             container::Containers::new(layout, reaper, oom_tx)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?,
         );
         // OOM kills: reported as inotify sees memory.events change, and by a slow poll for
         // what a watch cannot cover (cgroup v1; see oom.rs).
@@ -128,11 +128,11 @@ fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
                 polled.poll_oom();
             }
         });
-        let net = network::Netlink::connect().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let net = network::Netlink::connect().map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         if is_init {
             // Containers share the pod's network namespace, whose loopback starts down.
             if let Err(e) = net.link_up("lo").await {
-                tracing::warn!("bringing lo up: {e}");
+                tracing::warn!("bringing lo up: {}", e.message());
             }
         }
         let agent = service::Agent {

@@ -39,9 +39,9 @@ pub struct ChildStdio {
 }
 
 fn nonblocking(fd: OwnedFd) -> Result<Stream> {
-    let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(|e| AgentError::Internal(e.to_string()))?;
+    let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(AgentError::Errno)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(|e| AgentError::Internal(e.to_string()))?;
+    fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(AgentError::Errno)?;
     let file = File::from(fd);
     // SAFETY: `file` owns an open descriptor and the AsyncFd owns `file`, so the descriptor
     // stays open and the same until the AsyncFd is dropped.
@@ -51,7 +51,7 @@ fn nonblocking(fd: OwnedFd) -> Result<Stream> {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| AgentError::Internal(format!("pipe: {e}")))
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| AgentError::sys("pipe", e))
 }
 
 impl Stdio {

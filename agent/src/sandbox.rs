@@ -30,7 +30,7 @@ pub fn create(req: &CreateSandboxRequest, dir: &Path, own_uts: bool) -> Result<S
         files.hostname = Some(req.hostname.clone());
         if own_uts {
             nix::unistd::sethostname(&req.hostname)
-                .map_err(|e| AgentError::Internal(format!("sethostname: {e}")))?;
+                .map_err(|e| AgentError::sys("sethostname", e))?;
         }
     }
     if !req.dns_servers.is_empty() || !req.dns_searches.is_empty() {

@@ -33,10 +33,10 @@ pub struct Agent {
 }
 
 fn done<T>(what: &str, r: Result<T, AgentError>) -> TResult<T> {
-    r.map_err(|e| {
-        tracing::warn!(code = ?e.code(), "{what} failed: {e}");
-        e.into()
-    })
+    carapace_protocol::status::respond(
+        r,
+        |e| tracing::warn!(code = ?e.code(), "{what} failed: {}", e.message()),
+    )
 }
 
 async fn read_stream(
@@ -100,7 +100,7 @@ impl AgentService for Agent {
         tracing::info!("DestroySandbox");
         for id in self.containers.ids() {
             if let Err(e) = self.containers.remove(&id).await {
-                tracing::warn!(id, "removing at DestroySandbox: {e}");
+                tracing::warn!(id, "removing at DestroySandbox: {}", e.message());
             }
         }
         let is_init = self.is_init;
