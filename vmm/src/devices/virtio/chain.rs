@@ -19,6 +19,10 @@ pub trait ChainDescriptor {
     fn addr(&self) -> u64;
     /// Its length in bytes.
     fn len(&self) -> u32;
+    /// A zero-length buffer.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The device writes into it (VRING_DESC_F_WRITE).
     fn is_write_only(&self) -> bool;
     /// Another descriptor follows (VRING_DESC_F_NEXT).

@@ -13,23 +13,74 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::common::QueueConfig;
+use super::status::{
+    ACKNOWLEDGE as STATUS_ACKNOWLEDGE, DEVICE_NEEDS_RESET as STATUS_NEEDS_RESET,
+    DRIVER as STATUS_DRIVER, DRIVER_OK as STATUS_DRIVER_OK, FEATURES_OK as STATUS_FEATURES_OK,
+};
 use super::{GuestMemory, Interrupt, VirtioDevice, TRANSPORT_EVENT_BASE, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 
 /// Size of one device's MMIO window.
 pub const MMIO_LEN: u64 = 0x1000;
 /// Offset of the QueueNotify register (ioeventfds are bound to it).
-pub const NOTIFY_OFFSET: u64 = 0x50;
+pub const NOTIFY_OFFSET: u64 = regs::QUEUE_NOTIFY;
+
+/// Register offsets in a device's window (virtio 1.2 section 4.2.2).
+pub mod regs {
+    /// MagicValue: "virt".
+    pub const MAGIC_VALUE: u64 = 0x00;
+    /// Version: 2, the non-legacy layout.
+    pub const VERSION: u64 = 0x04;
+    /// DeviceID: the virtio device type.
+    pub const DEVICE_ID: u64 = 0x08;
+    /// VendorID.
+    pub const VENDOR_ID: u64 = 0x0c;
+    /// DeviceFeatures: 32 bits of the offered features, chosen by DeviceFeaturesSel.
+    pub const DEVICE_FEATURES: u64 = 0x10;
+    /// DeviceFeaturesSel.
+    pub const DEVICE_FEATURES_SEL: u64 = 0x14;
+    /// DriverFeatures: 32 bits of the accepted features, chosen by DriverFeaturesSel.
+    pub const DRIVER_FEATURES: u64 = 0x20;
+    /// DriverFeaturesSel.
+    pub const DRIVER_FEATURES_SEL: u64 = 0x24;
+    /// QueueSel: the queue the queue registers below act on.
+    pub const QUEUE_SEL: u64 = 0x30;
+    /// QueueNumMax: the selected queue's largest size.
+    pub const QUEUE_NUM_MAX: u64 = 0x34;
+    /// QueueNum: the selected queue's size.
+    pub const QUEUE_NUM: u64 = 0x38;
+    /// QueueReady.
+    pub const QUEUE_READY: u64 = 0x44;
+    /// QueueNotify: the driver kicks a queue (bound to ioeventfds).
+    pub const QUEUE_NOTIFY: u64 = 0x50;
+    /// InterruptStatus.
+    pub const INTERRUPT_STATUS: u64 = 0x60;
+    /// InterruptACK.
+    pub const INTERRUPT_ACK: u64 = 0x64;
+    /// Status: the device status bits ([`crate::devices::virtio::status`]).
+    pub const STATUS: u64 = 0x70;
+    /// QueueDescLow: the descriptor table's address, low half.
+    pub const QUEUE_DESC_LOW: u64 = 0x80;
+    /// QueueDescHigh.
+    pub const QUEUE_DESC_HIGH: u64 = 0x84;
+    /// QueueDriverLow: the available ring's address, low half.
+    pub const QUEUE_AVAIL_LOW: u64 = 0x90;
+    /// QueueDriverHigh.
+    pub const QUEUE_AVAIL_HIGH: u64 = 0x94;
+    /// QueueDeviceLow: the used ring's address, low half.
+    pub const QUEUE_USED_LOW: u64 = 0xa0;
+    /// QueueDeviceHigh.
+    pub const QUEUE_USED_HIGH: u64 = 0xa4;
+    /// ConfigGeneration.
+    pub const CONFIG_GENERATION: u64 = 0xfc;
+    /// Start of the device's configuration space.
+    pub const CONFIG: u64 = 0x100;
+}
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4341_5250; // "PRAC"
-
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_NEEDS_RESET: u32 = 0x40;
 
 const ACTIVATE_TOKEN: u32 = TRANSPORT_EVENT_BASE + 0xfff0;
 
@@ -106,6 +157,11 @@ impl MmioTransport {
         self.status
     }
 
+    /// Whether the driver has set DRIVER_OK (and not reset the device since).
+    pub fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }
@@ -126,11 +182,11 @@ impl MmioTransport {
 
     fn read_reg(&mut self, offset: u64) -> u32 {
         match offset {
-            0x00 => MAGIC,
-            0x04 => VERSION,
-            0x08 => self.device.device_type(),
-            0x0c => VENDOR_ID,
-            0x10 => {
+            regs::MAGIC_VALUE => MAGIC,
+            regs::VERSION => VERSION,
+            regs::DEVICE_ID => self.device.device_type(),
+            regs::VENDOR_ID => VENDOR_ID,
+            regs::DEVICE_FEATURES => {
                 let features = self.device.avail_features() | VIRTIO_F_VERSION_1;
                 match self.device_features_sel {
                     0 => features as u32,
@@ -138,11 +194,11 @@ impl MmioTransport {
                     _ => 0,
                 }
             }
-            0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
-            0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            0x60 => self.interrupt.status(),
-            0x70 => self.status,
-            0xfc => self.config_generation,
+            regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            regs::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            regs::INTERRUPT_STATUS => self.interrupt.status(),
+            regs::STATUS => self.status,
+            regs::CONFIG_GENERATION => self.config_generation,
             _ => {
                 log::debug!("{}: read of unknown register {offset:#x}", self.name());
                 0
@@ -152,8 +208,8 @@ impl MmioTransport {
 
     fn write_reg(&mut self, offset: u64, v: u32) {
         match offset {
-            0x14 => self.device_features_sel = v,
-            0x20 => {
+            regs::DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            regs::DRIVER_FEATURES => {
                 if self.status & STATUS_FEATURES_OK != 0 {
                     log::warn!(
                         "{}: features written after FEATURES_OK; ignored",
@@ -172,24 +228,24 @@ impl MmioTransport {
                     _ => {}
                 }
             }
-            0x24 => self.driver_features_sel = v,
-            0x30 => self.queue_sel = v,
-            0x38 => self.with_queue(|q| q.set_size(v as u16)),
-            0x44 => self.with_queue(|q| q.set_ready(v == 1)),
-            0x50 => {
+            regs::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            regs::QUEUE_SEL => self.queue_sel = v,
+            regs::QUEUE_NUM => self.with_queue(|q| q.set_size(v as u16)),
+            regs::QUEUE_READY => self.with_queue(|q| q.set_ready(v == 1)),
+            regs::QUEUE_NOTIFY => {
                 // A notification that did not go through the ioeventfd (it always should).
                 if let Some(evt) = self.queue_evts.get(v as usize) {
                     let _ = evt.write(1);
                 }
             }
-            0x64 => self.interrupt.ack(v),
-            0x70 => self.write_status(v),
-            0x80 => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
-            0x84 => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
-            0x90 => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
-            0x94 => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
-            0xa0 => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
-            0xa4 => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            regs::INTERRUPT_ACK => self.interrupt.ack(v),
+            regs::STATUS => self.write_status(v),
+            regs::QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            regs::QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            regs::QUEUE_AVAIL_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            regs::QUEUE_AVAIL_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            regs::QUEUE_USED_LOW => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            regs::QUEUE_USED_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
             _ => log::debug!("{}: write of unknown register {offset:#x}", self.name()),
         }
     }
@@ -316,28 +372,15 @@ impl MmioTransport {
 /// A queue with the same configuration as `q` (virtio-queue's `Queue` is not `Clone`): the
 /// device gets its own and the transport keeps its copy for register reads.
 fn copy_queue(q: &Queue) -> Queue {
-    let mut c = Queue::new(q.max_size()).expect("the max size was valid for the original");
-    c.set_size(q.size());
-    c.set_desc_table_address(
-        Some(q.desc_table() as u32),
-        Some((q.desc_table() >> 32) as u32),
-    );
-    c.set_avail_ring_address(
-        Some(q.avail_ring() as u32),
-        Some((q.avail_ring() >> 32) as u32),
-    );
-    c.set_used_ring_address(
-        Some(q.used_ring() as u32),
-        Some((q.used_ring() >> 32) as u32),
-    );
-    c.set_ready(q.ready());
-    c
+    QueueConfig::of(q)
+        .to_queue()
+        .expect("the max size was valid for the original")
 }
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= 0x100 {
-            self.device.read_config(offset - 0x100, data);
+        if offset >= regs::CONFIG {
+            self.device.read_config(offset - regs::CONFIG, data);
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
@@ -354,8 +397,8 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= 0x100 {
-            self.device.write_config(offset - 0x100, data);
+        if offset >= regs::CONFIG {
+            self.device.write_config(offset - regs::CONFIG, data);
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
         }
@@ -420,152 +463,4 @@ impl MutEventSubscriber for MmioSubscriber {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devices::virtio::{ActivateError, DeviceCounters, INT_CONFIG_CHANGE};
-    use event_manager::{EventManager, SubscriberOps};
-    use vm_memory::GuestAddress;
-
-    const STATUS_FAILED: u32 = 0x80;
-    const MEM: u64 = 0x10000;
-
-    /// A device with one queue whose activation fails when `fail` is set.
-    struct Dummy {
-        fail: bool,
-        activated: Arc<Mutex<bool>>,
-        counters: DeviceCounters,
-    }
-
-    impl VirtioDevice for Dummy {
-        fn name(&self) -> &str {
-            "dummy"
-        }
-        fn device_type(&self) -> u32 {
-            0x1234
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16]
-        }
-        fn avail_features(&self) -> u64 {
-            VIRTIO_F_VERSION_1
-        }
-        fn set_acked_features(&mut self, _features: u64) {}
-        fn read_config(&self, _offset: u64, data: &mut [u8]) {
-            data.fill(0);
-        }
-        fn activate(
-            &mut self,
-            _mem: GuestMemory,
-            _interrupt: Arc<Interrupt>,
-            _queues: Vec<Queue>,
-        ) -> Result<(), ActivateError> {
-            if self.fail {
-                return Err(ActivateError::Backend(std::io::Error::other("no backend")));
-            }
-            *self.activated.lock().unwrap() = true;
-            Ok(())
-        }
-        fn process_queue(&mut self, _index: usize) {}
-        fn reset(&mut self) -> bool {
-            true
-        }
-        fn counters(&self) -> &DeviceCounters {
-            &self.counters
-        }
-    }
-
-    fn write(t: &Arc<Mutex<MmioTransport>>, offset: u64, v: u32) {
-        t.lock().unwrap().write(offset, &v.to_le_bytes());
-    }
-
-    fn read(t: &Arc<Mutex<MmioTransport>>, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.lock().unwrap().read(offset, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    /// A transport over `Dummy`, set up by a driver up to DRIVER_OK with queue 0's rings at
-    /// `ring_base`, and activated by an event loop turn.
-    fn driver_ok(fail: bool, ring_base: u64) -> (Arc<Mutex<MmioTransport>>, Arc<Mutex<bool>>) {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        let activated = Arc::new(Mutex::new(false));
-        let dev = Dummy {
-            fail,
-            activated: activated.clone(),
-            counters: DeviceCounters::default(),
-        };
-        let t = Arc::new(Mutex::new(MmioTransport::new(Box::new(dev), mem).unwrap()));
-        let base = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
-        write(&t, 0x70, base);
-        write(&t, 0x24, 1);
-        write(&t, 0x20, 1); // VERSION_1, bit 32
-        write(&t, 0x70, base | STATUS_FEATURES_OK);
-        write(&t, 0x30, 0);
-        write(&t, 0x38, 16);
-        write(&t, 0x80, ring_base as u32);
-        write(&t, 0x90, (ring_base + 0x100) as u32);
-        write(&t, 0xa0, (ring_base + 0x200) as u32);
-        write(&t, 0x44, 1);
-        write(&t, 0x70, base | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-        let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> = EventManager::new().unwrap();
-        em.add_subscriber(Box::new(MmioSubscriber(t.clone())));
-        em.run_with_timeout(1000).unwrap();
-        (t, activated)
-    }
-
-    fn assert_needs_reset(t: &Arc<Mutex<MmioTransport>>) {
-        let status = read(t, 0x70);
-        assert_ne!(status & STATUS_NEEDS_RESET, 0, "{status:#x}");
-        assert_eq!(
-            status & STATUS_FAILED,
-            0,
-            "FAILED is the driver's: {status:#x}"
-        );
-        assert_ne!(read(t, 0x60) & INT_CONFIG_CHANGE, 0);
-        assert!(t.lock().unwrap().interrupt().eventfd().read().unwrap() >= 1);
-        // The driver's reset clears it.
-        write(t, 0x70, 0);
-        assert_eq!(read(t, 0x70), 0);
-    }
-
-    #[test]
-    fn a_device_that_activates_gets_no_needs_reset() {
-        let (t, activated) = driver_ok(false, 0x1000);
-        assert!(*activated.lock().unwrap());
-        assert_eq!(read(&t, 0x70) & STATUS_NEEDS_RESET, 0);
-        assert_eq!(read(&t, 0x60), 0);
-    }
-
-    #[test]
-    fn a_failed_activation_sets_needs_reset_and_signals_a_config_change() {
-        let (t, activated) = driver_ok(true, 0x1000);
-        assert!(!*activated.lock().unwrap());
-        assert_needs_reset(&t);
-    }
-
-    #[test]
-    fn an_invalid_queue_sets_needs_reset_and_the_device_is_not_activated() {
-        // Rings past the end of guest memory.
-        let (t, activated) = driver_ok(false, MEM + 0x1000);
-        assert!(!*activated.lock().unwrap());
-        assert_needs_reset(&t);
-    }
-
-    #[test]
-    fn driver_ok_without_features_ok_sets_needs_reset() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        let dev = Dummy {
-            fail: false,
-            activated: Arc::new(Mutex::new(false)),
-            counters: DeviceCounters::default(),
-        };
-        let t = Arc::new(Mutex::new(MmioTransport::new(Box::new(dev), mem).unwrap()));
-        write(
-            &t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
-        );
-        assert!(!t.lock().unwrap().pending_activation);
-        assert_needs_reset(&t);
-    }
-}
+mod tests;
