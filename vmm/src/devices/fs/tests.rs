@@ -9,14 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{CacheMode, Fs, FsError, QUEUE_SIZE};
-use crate::devices::virtio::test_utils::counter;
+use crate::devices::virtio::test_utils::{add_chain, counter, leaked_guest_memory};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
 
 pub(super) const MEM_SIZE: u64 = 0x100_0000;
@@ -109,9 +107,7 @@ impl Guest {
     /// A guest of `dev`.
     pub(super) fn with_device(mut dev: Fs) -> Guest {
         // The mock queues borrow the memory for their lifetime; leak one per test.
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap(),
-        ));
+        let mem = leaked_guest_memory(MEM_SIZE);
         let queues: Vec<_> = [HIPRIO_RING, REQUEST_RING]
             .iter()
             .map(|&a| MockSplitQueue::create(mem, GuestAddress(a), QSIZE))
@@ -134,24 +130,7 @@ impl Guest {
     /// returns the used length.
     pub(super) fn raw_chain(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u32 {
         let first = self.next_desc[q];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, writable))| {
-                let mut flags = if writable {
-                    VRING_DESC_F_WRITE as u16
-                } else {
-                    0
-                };
-                let mut next = 0;
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                    next = first + i as u16 + 1;
-                }
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        self.queues[q].add_desc_chains(&raw, first).unwrap();
+        add_chain(&self.queues[q], first, descs);
         self.next_desc[q] = (first + descs.len() as u16) % QSIZE;
         self.dev.process_queue(q);
         let used = self.queues[q].used();

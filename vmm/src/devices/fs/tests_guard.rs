@@ -13,8 +13,6 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 use fuse_virtio_queue::QueueT as _;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -24,6 +22,7 @@ use super::memory::SharedMemory;
 use super::request;
 use super::tests::{name, u32_at, u64_at, Guest, TempTree, MEM_SIZE, QSIZE, REQ, RESP, ROOT};
 use super::{CacheMode, Fs, ShareOptions};
+use crate::devices::virtio::test_utils::{add_chain, leaked_guest_memory};
 
 const FUSE_FORGET: u32 = 2;
 const FUSE_MKNOD: u32 = 8;
@@ -98,9 +97,7 @@ struct Direct {
 
 impl Direct {
     fn new() -> Direct {
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap(),
-        ));
+        let mem = leaked_guest_memory(MEM_SIZE);
         let mock = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
         let queue = alias_queue(&mock.create_queue().unwrap()).unwrap();
         let shared = SharedMemory::new(mem.clone()).unwrap();
@@ -134,12 +131,7 @@ impl Direct {
         h.extend_from_slice(body);
         self.mem.write_slice(&h, GuestAddress(REQ)).unwrap();
         let first = self.next_desc;
-        let raw = [
-            SplitDescriptor::new(REQ, len, VRING_DESC_F_NEXT as u16, first + 1),
-            SplitDescriptor::new(RESP, 4096, VRING_DESC_F_WRITE as u16, 0),
-        ]
-        .map(RawDescriptor::from);
-        self.mock.add_desc_chains(&raw, first).unwrap();
+        add_chain(&self.mock, first, &[(REQ, len, false), (RESP, 4096, true)]);
         self.next_desc = (first + 2) % QSIZE;
         let chain = self
             .queue

@@ -17,6 +17,12 @@ pub fn guest_memory(size: u64) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
 }
 
+/// `size` bytes of guest memory from address 0 that live for the whole test: mock queues
+/// borrow the memory for their lifetime, so a test's harness can hold both.
+pub fn leaked_guest_memory(size: u64) -> &'static GuestMemoryMmap {
+    Box::leak(Box::new(guest_memory(size)))
+}
+
 /// Adds a chain of (addr, len, device-writable) buffers at descriptor index `first`.
 pub fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[(u64, u32, bool)]) {
     let raw: Vec<RawDescriptor> = descs

@@ -19,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::connection::CONN_BUF_ALLOC;
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::test_utils::leaked_guest_memory;
 use crate::uds::testutil::OpenTempDir;
 
 const GUEST_CID: u64 = 3;
@@ -47,9 +48,7 @@ struct Guest {
 impl Guest {
     fn new() -> Self {
         // Leaked: the mock queues borrow it for the whole test.
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
-        ));
+        let mem = leaked_guest_memory(MEM_SIZE as u64);
         let queues = QUEUE_ADDRS
             .iter()
             .map(|&a| MockSplitQueue::create(mem, GuestAddress(a), QSIZE))
