@@ -312,7 +312,8 @@ fn check_chain(
     chain: DescriptorChain<&AliasMemory>,
 ) -> Result<(usize, usize), FsRequestError> {
     let in_memory = |addr, len: u32| mem.check_range(AliasAddress(addr), len as usize);
-    let lengths = chain::collect(chain, MAX_DESCRIPTORS).check(in_memory, Layout::ReadThenWrite)?;
+    let lengths =
+        chain::collect(chain, MAX_DESCRIPTORS).check(in_memory, Layout::ReadThenWriteBytes)?;
     // At most MAX_DESCRIPTORS buffers of u32 bytes each: the sums fit a 64-bit usize.
     let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     Ok((size(lengths.readable), size(lengths.writable)))

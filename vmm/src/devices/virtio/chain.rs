@@ -62,8 +62,13 @@ impl ChainDescriptor for fuse_virtio_queue::desc::split::Descriptor {
 /// The directions a device accepts in one chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// Device-readable buffers, then device-writable ones (a request and room for its reply).
+    /// Device-readable buffers, then device-writable ones (a request and room for its reply):
+    /// no device-readable descriptor after any device-writable one, as virtio 1.2 section
+    /// 2.7.4.2 asks of drivers.
     ReadThenWrite,
+    /// As `ReadThenWrite`, but a zero-length device-writable descriptor does not end the
+    /// readable part (it carries no byte either way). The fs device's rule, kept as it was.
+    ReadThenWriteBytes,
     /// Device-readable buffers only (a transmit queue).
     ReadOnly,
     /// Device-writable buffers only (a receive queue, entropy requests).
@@ -162,6 +167,7 @@ impl<D: ChainDescriptor> Collected<D> {
             readable: 0,
             writable: 0,
         };
+        let mut seen_writable = false;
         for d in &self.descs {
             if !in_memory(d.addr(), d.len()) {
                 return Err(ChainError::OutsideMemory {
@@ -183,10 +189,16 @@ impl<D: ChainDescriptor> Collected<D> {
                         expected: "writable",
                     })
                 }
-                (Layout::ReadThenWrite, false) if lengths.writable > 0 => {
+                (Layout::ReadThenWrite, false) if seen_writable => {
                     return Err(ChainError::ReadableAfterWritable)
                 }
-                (_, true) => lengths.writable += len,
+                (Layout::ReadThenWriteBytes, false) if lengths.writable > 0 => {
+                    return Err(ChainError::ReadableAfterWritable)
+                }
+                (_, true) => {
+                    seen_writable = true;
+                    lengths.writable += len;
+                }
                 (_, false) => lengths.readable += len,
             }
         }
@@ -317,6 +329,35 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn an_empty_writable_descriptor_ends_the_readable_part_unless_only_bytes_count() {
+        let chain = [
+            D(0, 16, false, true),
+            D(0x100, 0, true, true),
+            D(0x200, 1, false, false),
+        ];
+        assert_eq!(
+            check(&chain, 4, Layout::ReadThenWrite),
+            Err(ChainError::ReadableAfterWritable)
+        );
+        assert_eq!(
+            check(&chain, 4, Layout::ReadThenWriteBytes),
+            Ok(ChainLengths {
+                readable: 17,
+                writable: 0
+            })
+        );
+        let chain = [
+            D(0, 16, false, true),
+            D(0x100, 1, true, true),
+            D(0x200, 1, false, false),
+        ];
+        assert_eq!(
+            check(&chain, 4, Layout::ReadThenWriteBytes),
+            Err(ChainError::ReadableAfterWritable)
+        );
     }
 
     #[test]
