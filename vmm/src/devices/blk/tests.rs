@@ -470,6 +470,34 @@ fn malformed_chains_are_counted_and_returned() {
 }
 
 #[test]
+fn a_readable_descriptor_after_an_empty_writable_one_is_refused() {
+    let disk = TempDisk::new("order", 4);
+    let before = disk.contents();
+    let mut dev = Block::new(disk.path(), false).unwrap();
+    let mem = guest_memory();
+    let vq = MockSplitQueue::new(&mem, 256);
+    activate(&mut dev, &mem, &[&vq]);
+    header(&mem, HDR, VIRTIO_BLK_T_OUT, 0);
+    mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    // A zero-length device-writable descriptor still ends the device-readable part.
+    add_chain(
+        &vq,
+        0,
+        &[
+            (HDR, 16, false),
+            (DATA, 0, true),
+            (DATA, 512, false),
+            (STATUS, 1, true),
+        ],
+    );
+    dev.process_queue(0);
+    assert_eq!(used(&vq, 0), (0, 1));
+    assert_eq!(status_at(&mem, STATUS), VIRTIO_BLK_S_IOERR);
+    assert_eq!(counter(&dev.counters().bad_requests), 1);
+    assert_eq!(disk.contents(), before);
+}
+
+#[test]
 fn head_index_beyond_the_queue_is_counted_once() {
     let disk = TempDisk::new("head", 1);
     let mut dev = Block::new(disk.path(), false).unwrap();
