@@ -80,17 +80,21 @@ fn driver_ok(fail: bool, ring_base: u64) -> (Arc<Mutex<MmioTransport>>, Arc<Mute
     };
     let t = Arc::new(Mutex::new(MmioTransport::new(Box::new(dev), mem).unwrap()));
     let base = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
-    write(&t, 0x70, base);
-    write(&t, 0x24, 1);
-    write(&t, 0x20, 1); // VERSION_1, bit 32
-    write(&t, 0x70, base | STATUS_FEATURES_OK);
-    write(&t, 0x30, 0);
-    write(&t, 0x38, 16);
-    write(&t, 0x80, ring_base as u32);
-    write(&t, 0x90, (ring_base + 0x100) as u32);
-    write(&t, 0xa0, (ring_base + 0x200) as u32);
-    write(&t, 0x44, 1);
-    write(&t, 0x70, base | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    write(&t, regs::STATUS, base);
+    write(&t, regs::DRIVER_FEATURES_SEL, 1);
+    write(&t, regs::DRIVER_FEATURES, 1); // VERSION_1, bit 32
+    write(&t, regs::STATUS, base | STATUS_FEATURES_OK);
+    write(&t, regs::QUEUE_SEL, 0);
+    write(&t, regs::QUEUE_NUM, 16);
+    write(&t, regs::QUEUE_DESC_LOW, ring_base as u32);
+    write(&t, regs::QUEUE_AVAIL_LOW, (ring_base + 0x100) as u32);
+    write(&t, regs::QUEUE_USED_LOW, (ring_base + 0x200) as u32);
+    write(&t, regs::QUEUE_READY, 1);
+    write(
+        &t,
+        regs::STATUS,
+        base | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
     let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> = EventManager::new().unwrap();
     em.add_subscriber(Box::new(MmioSubscriber(t.clone())));
     em.run_with_timeout(1000).unwrap();
@@ -98,26 +102,26 @@ fn driver_ok(fail: bool, ring_base: u64) -> (Arc<Mutex<MmioTransport>>, Arc<Mute
 }
 
 fn assert_needs_reset(t: &Arc<Mutex<MmioTransport>>) {
-    let status = read(t, 0x70);
+    let status = read(t, regs::STATUS);
     assert_ne!(status & STATUS_NEEDS_RESET, 0, "{status:#x}");
     assert_eq!(
         status & STATUS_FAILED,
         0,
         "FAILED is the driver's: {status:#x}"
     );
-    assert_ne!(read(t, 0x60) & INT_CONFIG_CHANGE, 0);
+    assert_ne!(read(t, regs::INTERRUPT_STATUS) & INT_CONFIG_CHANGE, 0);
     assert!(t.lock().unwrap().interrupt().eventfd().read().unwrap() >= 1);
     // The driver's reset clears it.
-    write(t, 0x70, 0);
-    assert_eq!(read(t, 0x70), 0);
+    write(t, regs::STATUS, 0);
+    assert_eq!(read(t, regs::STATUS), 0);
 }
 
 #[test]
 fn a_device_that_activates_gets_no_needs_reset() {
     let (t, activated) = driver_ok(false, 0x1000);
     assert!(*activated.lock().unwrap());
-    assert_eq!(read(&t, 0x70) & STATUS_NEEDS_RESET, 0);
-    assert_eq!(read(&t, 0x60), 0);
+    assert_eq!(read(&t, regs::STATUS) & STATUS_NEEDS_RESET, 0);
+    assert_eq!(read(&t, regs::INTERRUPT_STATUS), 0);
 }
 
 #[test]
@@ -146,7 +150,7 @@ fn driver_ok_without_features_ok_sets_needs_reset() {
     let t = Arc::new(Mutex::new(MmioTransport::new(Box::new(dev), mem).unwrap()));
     write(
         &t,
-        0x70,
+        regs::STATUS,
         STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
     );
     assert!(!t.lock().unwrap().pending_activation);
