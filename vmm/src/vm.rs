@@ -225,7 +225,7 @@ impl MachineHandle {
                     name: t.name().to_string(),
                     mmio_base: *base,
                     irq: *irq,
-                    driver_ok: t.status() & 4 != 0,
+                    driver_ok: t.driver_ok(),
                     bad_requests: c.bad_requests.load(Relaxed),
                     requests: c.requests.load(Relaxed),
                     bytes: c.bytes.load(Relaxed),
