@@ -15,7 +15,7 @@ use carapace_vmm::api::ApiServer;
 use carapace_vmm::config::{
     BlockConfig, FsCache, FsConfig, NetConfig, Serial, VmConfig, VsockConfig,
 };
-use carapace_vmm::vm::{Machine, MachineError};
+use carapace_vmm::vm::{error_chain, Machine, MachineError};
 
 const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
        [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
@@ -230,11 +230,11 @@ fn main() -> ExitCode {
     let mut machine = match Machine::new(&config) {
         Ok(m) => m,
         Err(e @ MachineError::Config(_)) => {
-            eprintln!("carapace-vmm: {e}");
+            eprintln!("carapace-vmm: {}", error_chain(&e));
             return ExitCode::from(2);
         }
         Err(e) => {
-            eprintln!("carapace-vmm: {e}");
+            eprintln!("carapace-vmm: {}", error_chain(&e));
             return ExitCode::from(1);
         }
     };

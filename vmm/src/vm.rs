@@ -33,10 +33,10 @@ pub enum MachineError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// /dev/kvm cannot be opened.
-    #[error("/dev/kvm: {0}")]
+    #[error("/dev/kvm")]
     KvmOpen(#[source] kvm_ioctls::Error),
     /// A KVM system ioctl failed.
-    #[error("/dev/kvm: {what}: {source}")]
+    #[error("/dev/kvm: {what}")]
     KvmIoctl {
         /// The ioctl.
         what: &'static str,
@@ -48,7 +48,7 @@ pub enum MachineError {
     #[error("/dev/kvm: {0}")]
     Kvm(String),
     /// A KVM VM ioctl failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Vm {
         /// The ioctl (and what it was for).
         what: &'static str,
@@ -57,8 +57,8 @@ pub enum MachineError {
         source: kvm_ioctls::Error,
     },
     /// A vCPU could not be created or given its boot state.
-    #[error("{0}")]
-    Vcpu(#[source] std::io::Error),
+    #[error(transparent)]
+    Vcpu(std::io::Error),
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(String),
@@ -66,10 +66,10 @@ pub enum MachineError {
     #[error(transparent)]
     Boot(#[from] arch::boot::BootError),
     /// An eventfd the machine needs could not be created.
-    #[error("{0}")]
-    EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    EventFd(std::io::Error),
     /// The serial console's log file could not be opened.
-    #[error("serial file {}: {source}", .path.display())]
+    #[error("serial file {}", .path.display())]
     SerialFile {
         /// The file.
         path: std::path::PathBuf,
@@ -78,17 +78,17 @@ pub enum MachineError {
         source: std::io::Error,
     },
     /// Two devices claim the same bus range.
-    #[error("{0}")]
-    Bus(#[source] crate::bus::Overlap),
+    #[error(transparent)]
+    Bus(crate::bus::Overlap),
     /// The kernel command line cannot hold what the machine adds to it.
-    #[error("cmdline: {0:?}")]
+    #[error("cmdline")]
     Cmdline(#[source] linux_loader::cmdline::Error),
     /// The device event loop could not be created.
-    #[error("epoll: {0:?}")]
+    #[error("epoll")]
     EventLoop(#[source] event_manager::Error),
     /// A virtio device or its transport could not be created (`what` names it, as
     /// `block[0]` or `vsock`).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Device {
         /// The device.
         what: String,
@@ -96,9 +96,8 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
-    /// A virtio-fs share could not be created; the message carries the whole chain of
-    /// causes, as the share's errors are terse on their own.
-    #[error("fs[{index}]: {}", chain(.source))]
+    /// A virtio-fs share could not be created.
+    #[error("fs[{index}]")]
     Fs {
         /// The share's index in the configuration.
         index: usize,
@@ -111,8 +110,9 @@ pub enum MachineError {
     DeviceConfig(String),
 }
 
-/// `err` followed by each of its causes, `: `-separated.
-fn chain(err: &dyn std::error::Error) -> String {
+/// `err` followed by each of its causes, `: `-separated: how the VMM prints an error (each
+/// error's own message names only its context, never repeating its source).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -604,35 +604,36 @@ mod tests {
 
     #[test]
     fn kvm_and_vm_errors_keep_their_text_and_cause() {
+        // What the VMM prints is the chain; each message alone names only its context.
         let kvm = kvm_ioctls::Error::new(libc::ENOENT);
         let e = MachineError::KvmOpen(kvm);
-        assert_eq!(e.to_string(), format!("/dev/kvm: {kvm}"));
+        assert_eq!(error_chain(&e), format!("/dev/kvm: {kvm}"));
         assert!(e.source().is_some());
         let e = MachineError::KvmIoctl {
             what: "KVM_CREATE_VM",
             source: kvm,
         };
-        assert_eq!(e.to_string(), format!("/dev/kvm: KVM_CREATE_VM: {kvm}"));
+        assert_eq!(error_chain(&e), format!("/dev/kvm: KVM_CREATE_VM: {kvm}"));
         assert!(e.source().is_some());
         let e = vm_err("KVM_CREATE_IRQCHIP")(kvm);
-        assert_eq!(e.to_string(), format!("KVM_CREATE_IRQCHIP: {kvm}"));
+        assert_eq!(error_chain(&e), format!("KVM_CREATE_IRQCHIP: {kvm}"));
         assert!(e.source().is_some());
     }
 
     #[test]
     fn device_errors_keep_their_text_and_cause() {
         let e = device_err("block[0]")(os(libc::ENOENT));
-        assert_eq!(e.to_string(), format!("block[0]: {}", os(libc::ENOENT)));
+        assert_eq!(error_chain(&e), format!("block[0]: {}", os(libc::ENOENT)));
         assert!(e.source().is_some());
         let e = MachineError::SerialFile {
             path: "/nonexistent/console.log".into(),
             source: os(libc::ENOENT),
         };
         assert_eq!(
-            e.to_string(),
+            error_chain(&e),
             format!("serial file /nonexistent/console.log: {}", os(libc::ENOENT))
         );
-        // A share's error is terse: its causes are part of the message.
+        // A share's error is terse: the chain carries its causes.
         let e = MachineError::Fs {
             index: 1,
             source: crate::devices::fs::FsError::Share {
@@ -641,9 +642,14 @@ mod tests {
             },
         };
         assert_eq!(
-            e.to_string(),
+            error_chain(&e),
             format!("fs[1]: cannot share /srv: {}", os(libc::EACCES))
         );
         assert!(e.source().is_some());
+        assert_eq!(
+            e.to_string(),
+            "fs[1]",
+            "the message does not repeat its source"
+        );
     }
 }

@@ -22,19 +22,21 @@ use super::{
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// The kernel file cannot be opened.
-    #[error("kernel {path}: {source}")]
+    #[error("kernel {path}")]
     KernelOpen {
         /// The kernel's path.
         path: String,
         /// Why it could not be opened.
+        #[source]
         source: std::io::Error,
     },
     /// The kernel is not a loadable ELF.
-    #[error("kernel {path}: not a loadable vmlinux ELF image ({source:?})")]
+    #[error("kernel {path}: not a loadable vmlinux ELF image")]
     KernelLoad {
         /// The kernel's path.
         path: String,
         /// The loader's complaint.
+        #[source]
         source: linux_loader::loader::Error,
     },
     /// The kernel has no PVH entry note (CONFIG_PVH is off).
