@@ -107,16 +107,52 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     /// Runs `ctr` with `args` and returns its output, panicking with everything useful if it
-    /// cannot be started.
+    /// cannot be started or runs past [`CTR_TIMEOUT`] (then it is killed: a guest that stops
+    /// making progress in the lab would otherwise hold the whole suite until its timeout).
     pub fn ctr_output<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        self.ctr(args)
+        let mut cmd = self.ctr(args);
+        let what = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ctr");
+        let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+        let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+        let deadline = std::time::Instant::now() + CTR_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for ctr") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{what} did not finish within {CTR_TIMEOUT:?} (killed)\n--- containerd log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        }
     }
 
     /// Imports an OCI image tarball.
@@ -135,6 +171,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
     }
 }
+
+/// The longest any one `ctr` command of a test may take (the slowest, a first `ctr run` of a
+/// pod in the lab, takes about 10 s).
+pub const CTR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// `ctr` helpers tests share: commands that must succeed, task status, delete with the
 /// exit status containerd reports.
