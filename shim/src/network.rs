@@ -20,19 +20,24 @@
 //!   `TUNSETIFF` ioctl, written by hand as no well-kept crate wraps it for a foreign namespace.
 //! - The kernel side is behind [`Netns`]; the real one is [`Netlink`], and the logic (which
 //!   links, what the guest gets, rolling back a half-made set-up) is tested with a fake.
+//! - Links, addresses, routes and neighbours are `carapace_net`'s types, as the agent reads
+//!   them too, and become the protocol's `Interface`, `Route` and `ArpNeighbor` through its
+//!   conversions, the ones whose checked inverse the agent applies to them.
 
-use std::fmt;
-use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use carapace_net::{
+    format_mac, is_ipv6_link_local, Cidr, Link, LinkWithAddresses, Neighbour, NeighbourOnLink,
+    RouteEntry, RouteOnLink, NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, RT_TABLE_MAIN,
+};
 use carapace_protocol::agent::{
     AddArpNeighborsRequest, CreateSandboxRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use carapace_protocol::agent_ttrpc::AgentServiceClient;
-use carapace_protocol::types::{ArpNeighbor, Interface, IpAddress, Route};
+use carapace_protocol::types::{ArpNeighbor, Interface, Route};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::agent::ctx_timeout;
@@ -43,14 +48,6 @@ pub use netlink::Netlink;
 
 /// Deadline of each network RPC to the agent.
 const RPC: Duration = Duration::from_secs(30);
-/// Routing table `main`.
-const RT_TABLE_MAIN: u32 = 254;
-/// `RTPROT_KERNEL`: routes the kernel made for an address (the guest's kernel makes its own).
-const RTPROT_KERNEL: u8 = 2;
-/// `RTN_UNICAST`.
-const RTN_UNICAST: u8 = 1;
-/// `NUD_PERMANENT`: a static neighbour entry.
-const NUD_PERMANENT: u16 = 0x80;
 
 /// Why the pod's network could not be set up or torn down.
 #[derive(Debug, thiserror::Error)]
@@ -104,70 +101,6 @@ impl NetworkError {
 }
 
 type Result<T> = std::result::Result<T, NetworkError>;
-
-/// An address with its prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// The address.
-    pub addr: IpAddr,
-    /// Its prefix length.
-    pub prefix: u8,
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// A link of the pod's namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Link {
-    /// Its index.
-    pub index: u32,
-    /// Its name.
-    pub name: String,
-    /// Its link-layer address.
-    pub mac: Vec<u8>,
-    /// Its MTU.
-    pub mtu: u32,
-    /// IFF_LOOPBACK.
-    pub loopback: bool,
-}
-
-/// A route of the pod's namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RouteEntry {
-    /// Routing table.
-    pub table: u32,
-    /// RTPROT_*.
-    pub protocol: u8,
-    /// RTN_*.
-    pub kind: u8,
-    /// Destination; `None` is the default route.
-    pub dest: Option<Cidr>,
-    /// Gateway.
-    pub gateway: Option<IpAddr>,
-    /// Output interface.
-    pub oif: Option<u32>,
-    /// Preferred source.
-    pub source: Option<IpAddr>,
-    /// RT_SCOPE_*.
-    pub scope: u8,
-}
-
-/// A neighbour entry of the pod's namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Neighbour {
-    /// The link it is on.
-    pub index: u32,
-    /// Its IP address.
-    pub ip: Option<IpAddr>,
-    /// Its link-layer address.
-    pub mac: Vec<u8>,
-    /// NUD_* state.
-    pub state: u16,
-}
 
 /// The kernel side: one network namespace, as the set-up needs it.
 #[async_trait]
@@ -244,36 +177,10 @@ pub fn guest_links(links: &[Link]) -> Vec<Link> {
     chosen
 }
 
-/// Lower-case colon-separated hex.
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn is_ipv6_link_local(a: IpAddr) -> bool {
-    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
-}
-
 /// The guest's interface for a link: same name, MAC and MTU, its addresses but IPv6 link-local
 /// ones (the guest's kernel makes its own).
 pub fn interface_for(link: &Link, addresses: &[Cidr]) -> Interface {
-    Interface {
-        name: link.name.clone(),
-        hw_addr: format_mac(&link.mac),
-        mtu: link.mtu,
-        addresses: addresses
-            .iter()
-            .filter(|c| !is_ipv6_link_local(c.addr))
-            .map(|c| IpAddress {
-                address: c.addr.to_string(),
-                prefix_len: u32::from(c.prefix),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+    Interface::from(LinkWithAddresses { link, addresses })
 }
 
 /// The routes the guest gets: unicast routes of the main table through one of `links` that the
@@ -293,17 +200,10 @@ pub fn routes_for(routes: &[RouteEntry], links: &[Link]) -> Vec<Route> {
         {
             continue;
         }
-        let route = Route {
-            dest: r
-                .dest
-                .filter(|d| d.prefix != 0)
-                .map_or_else(|| "default".into(), |d| d.to_string()),
-            gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
-            device: link.name.clone(),
-            source: r.source.map(|s| s.to_string()).unwrap_or_default(),
-            scope: u32::from(r.scope),
-            ..Default::default()
-        };
+        let route = Route::from(RouteOnLink {
+            route: r,
+            device: &link.name,
+        });
         out.push((r.gateway.is_some(), route));
     }
     out.sort_by_key(|(via_gateway, _)| *via_gateway);
@@ -317,13 +217,11 @@ pub fn neighbours_for(neighbours: &[Neighbour], links: &[Link]) -> Vec<ArpNeighb
         .filter(|n| n.state & NUD_PERMANENT != 0 && n.mac.len() == 6)
         .filter_map(|n| {
             let link = links.iter().find(|l| l.index == n.index)?;
-            Some(ArpNeighbor {
-                ip_address: n.ip?.to_string(),
-                device: link.name.clone(),
-                ll_addr: format_mac(&n.mac),
-                state: 0,
-                ..Default::default()
-            })
+            Some(ArpNeighbor::from(NeighbourOnLink {
+                ip: n.ip?,
+                mac: &n.mac,
+                device: &link.name,
+            }))
         })
         .collect()
 }

@@ -1,25 +1,23 @@
 //! [`Netlink`]: the real [`Netns`], one pod network namespace reached over an rtnetlink socket
-//! opened inside it, and taps opened inside it by a short-lived thread that joins it.
+//! opened inside it (what it lists decoded by `carapace_net`), and taps opened inside it by a
+//! short-lived thread that joins it.
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use carapace_net::{address_of, dump, errno_of, Cidr, KernelError, Link, Neighbour, RouteEntry};
 use futures_util::TryStreamExt;
 use nix::sched::CloneFlags;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::tc::TcHandle;
-use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use rtnetlink::LinkUnspec;
 use tokio::task::JoinHandle;
 
-use super::{Cidr, Link, Neighbour, Netns, NetworkError, Result, RouteEntry};
+use super::{Netns, NetworkError, Result};
 
 /// The ingress qdisc's handle, `ffff:`.
 const INGRESS_HANDLE: u32 = 0xffff_0000;
@@ -28,18 +26,16 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError 
     let what = what.into();
     move |e| NetworkError::Netlink {
         what,
-        message: match e {
-            rtnetlink::Error::NetlinkError(m) if m.raw_code() != 0 => {
-                io::Error::from_raw_os_error(m.raw_code().saturating_abs()).to_string()
-            }
-            e => e.to_string(),
+        message: match KernelError::from(e) {
+            KernelError::Errno(errno) => io::Error::from_raw_os_error(errno).to_string(),
+            KernelError::Netlink(e) => e.to_string(),
         },
     }
 }
 
 /// Whether a netlink failure is one of the errnos in `codes`.
 fn is_errno(e: &rtnetlink::Error, codes: &[i32]) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if codes.contains(&m.raw_code().saturating_abs()))
+    errno_of(e).is_some_and(|errno| codes.contains(&errno))
 }
 
 /// Runs `f` on a new thread that has joined the network namespace `ns` (a thread of its own,
@@ -155,150 +151,32 @@ impl Netlink {
     }
 }
 
-fn link_of(m: &LinkMessage) -> Link {
-    let mut l = Link {
-        index: m.header.index,
-        loopback: m.header.flags.contains(LinkFlags::Loopback),
-        ..Default::default()
-    };
-    for a in &m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => l.name = n.clone(),
-            LinkAttribute::Address(mac) => l.mac = mac.clone(),
-            LinkAttribute::Mtu(mtu) => l.mtu = *mtu,
-            _ => {}
-        }
-    }
-    l
-}
-
-fn address_of(m: &AddressMessage) -> Option<Cidr> {
-    let mut addr = None;
-    for a in &m.attributes {
-        match a {
-            AddressAttribute::Local(ip) => addr = Some(*ip),
-            AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
-            _ => {}
-        }
-    }
-    addr.map(|addr| Cidr {
-        addr,
-        prefix: m.header.prefix_len,
-    })
-}
-
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-fn route_of(m: &RouteMessage) -> RouteEntry {
-    let h = &m.header;
-    let mut e = RouteEntry {
-        table: u32::from(h.table),
-        protocol: h.protocol.into(),
-        kind: h.kind.into(),
-        scope: h.scope.into(),
-        ..Default::default()
-    };
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Table(t) => e.table = *t,
-            RouteAttribute::Destination(d) => {
-                e.dest = route_ip(d).map(|addr| Cidr {
-                    addr,
-                    prefix: h.destination_prefix_length,
-                })
-            }
-            RouteAttribute::Gateway(g) => e.gateway = route_ip(g),
-            RouteAttribute::Oif(i) => e.oif = Some(*i),
-            RouteAttribute::PrefSource(s) => e.source = route_ip(s),
-            _ => {}
-        }
-    }
-    e
-}
-
-fn neighbour_of(m: &NeighbourMessage) -> Neighbour {
-    let mut n = Neighbour {
-        index: m.header.ifindex,
-        state: u16::from(m.header.state),
-        ..Default::default()
-    };
-    for a in &m.attributes {
-        match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                n.ip = Some(IpAddr::V4(*v4))
-            }
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                n.ip = Some(IpAddr::V6(*v6))
-            }
-            NeighbourAttribute::LinkLayerAddress(mac) => n.mac = mac.clone(),
-            _ => {}
-        }
-    }
-    n
-}
-
 #[async_trait]
 impl Netns for Netlink {
     async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
+        dump::links(&self.handle)
             .await
-            .map_err(nl(format!("listing the links of {}", self.path.display())))?;
-        Ok(msgs.iter().map(link_of).collect())
+            .map_err(nl(format!("listing the links of {}", self.path.display())))
     }
 
     async fn addresses(&self, index: u32) -> Result<Vec<Cidr>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
+        let msgs = dump::addresses(&self.handle, index)
             .await
             .map_err(nl("listing addresses"))?;
         Ok(msgs.iter().filter_map(address_of).collect())
     }
 
     async fn routes(&self) -> Result<Vec<RouteEntry>> {
-        let mut all = Vec::new();
-        for family in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            let msgs: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(family)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl("listing routes"))?;
-            all.extend(msgs.iter().map(route_of));
-        }
-        Ok(all)
+        let msgs = dump::routes(&self.handle)
+            .await
+            .map_err(nl("listing routes"))?;
+        Ok(msgs.iter().map(RouteEntry::from).collect())
     }
 
     async fn neighbours(&self) -> Result<Vec<Neighbour>> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .execute()
-            .try_collect()
+        dump::neighbours(&self.handle)
             .await
-            .map_err(nl("listing neighbours"))?;
-        Ok(msgs.iter().map(neighbour_of).collect())
+            .map_err(nl("listing neighbours"))
     }
 
     async fn create_tap(&self, name: &str, mtu: u32) -> Result<(OwnedFd, u32)> {
@@ -379,10 +257,11 @@ impl Netns for Netlink {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::process::Command;
 
     use rtnetlink::packet_route::neighbour::NeighbourState;
-    use rtnetlink::LinkVeth;
+    use rtnetlink::{LinkVeth, RouteMessageBuilder};
 
     use super::*;
     use crate::network::PodNetwork;

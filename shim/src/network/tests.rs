@@ -18,6 +18,7 @@ fn link(index: u32, name: &str, mac: &[u8]) -> Link {
         mac: mac.to_vec(),
         mtu: 1450,
         loopback: name == "lo",
+        ..Default::default()
     }
 }
 
