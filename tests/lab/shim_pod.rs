@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use carapace_tests::artifacts::{busybox_image, BUSYBOX_IMAGE};
-use carapace_tests::carapace::{Carapace, RUNTIME, STATE_ROOT};
+use carapace_tests::carapace::{vmms_of, Carapace, RUNTIME, STATE_ROOT};
 use carapace_tests::containerd::{make_temp_dir, processes_mentioning, Containerd, EventLog};
 use carapace_tests::lab::{ms, wait_for};
 use carapace_tests::lab_test;
@@ -47,15 +47,6 @@ fn kill9(c: &Containerd, id: &str) {
         "{id} stops after kill -9: {}",
         c.task_status(id)
     );
-}
-
-/// Pids of the carapace-vmm processes running pod `sid`.
-fn vmms_of(sid: &str) -> Vec<u32> {
-    let pod = processes_mentioning(&format!("{STATE_ROOT}/{sid}/"));
-    processes_mentioning("carapace-vmm")
-        .into_iter()
-        .filter(|p| pod.contains(p))
-        .collect()
 }
 
 /// The memory limit `ctr task metrics` reports for `id` (the agent reads the guest cgroup).

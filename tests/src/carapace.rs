@@ -15,6 +15,16 @@ pub const RUNTIME: &str = "io.containerd.carapace.v2";
 /// Where the shim keeps each pod's state.
 pub const STATE_ROOT: &str = "/run/carapace";
 
+/// Pids of the carapace-vmm processes running pod `sid` (their command lines name the pod's
+/// state directory).
+pub fn vmms_of(sid: &str) -> Vec<u32> {
+    let pod = processes_mentioning(&format!("{STATE_ROOT}/{sid}/"));
+    processes_mentioning("carapace-vmm")
+        .into_iter()
+        .filter(|p| pod.contains(p))
+        .collect()
+}
+
 /// How the shim shares rootfs directories with the guest in tests: `CARAPACE_SHARE` if set,
 /// else `virtiofs` (the design; `block-copy` is the shim's older ext4-image stop-gap).
 pub fn share() -> String {
