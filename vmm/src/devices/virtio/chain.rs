@@ -29,35 +29,31 @@ pub trait ChainDescriptor {
     fn has_next(&self) -> bool;
 }
 
-impl ChainDescriptor for virtio_queue::desc::split::Descriptor {
-    fn addr(&self) -> u64 {
-        self.addr().0
-    }
-    fn len(&self) -> u32 {
-        self.len()
-    }
-    fn is_write_only(&self) -> bool {
-        self.is_write_only()
-    }
-    fn has_next(&self) -> bool {
-        self.has_next()
-    }
+/// The two versions' descriptors have the same accessors under the same names: one impl for
+/// both.
+macro_rules! impl_chain_descriptor {
+    ($($descriptor:ty),+) => {$(
+        impl ChainDescriptor for $descriptor {
+            fn addr(&self) -> u64 {
+                self.addr().0
+            }
+            fn len(&self) -> u32 {
+                self.len()
+            }
+            fn is_write_only(&self) -> bool {
+                self.is_write_only()
+            }
+            fn has_next(&self) -> bool {
+                self.has_next()
+            }
+        }
+    )+};
 }
 
-impl ChainDescriptor for fuse_virtio_queue::desc::split::Descriptor {
-    fn addr(&self) -> u64 {
-        self.addr().0
-    }
-    fn len(&self) -> u32 {
-        self.len()
-    }
-    fn is_write_only(&self) -> bool {
-        self.is_write_only()
-    }
-    fn has_next(&self) -> bool {
-        self.has_next()
-    }
-}
+impl_chain_descriptor!(
+    virtio_queue::desc::split::Descriptor,
+    fuse_virtio_queue::desc::split::Descriptor
+);
 
 /// The directions a device accepts in one chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
