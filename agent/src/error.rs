@@ -1,7 +1,9 @@
 //! The agent's error type and its mapping to ttrpc status codes at the RPC edge (the kinds,
 //! their codes and the status built from an error are `carapace_protocol::status`'s, shared
-//! with the shim).
+//! with the shim), and the one mapping of the network's failures into it: a refused network
+//! request (`carapace_net::RequestError`) and a failed rtnetlink request (`KernelError`).
 
+use carapace_net::{KernelError, RequestError};
 use carapace_protocol::status::{self, ErrorKind, RpcError};
 use ttrpc::Code;
 
@@ -90,6 +92,34 @@ impl AgentError {
         }
     }
 
+    /// Maps a kernel refusal (a positive errno) of what `what` says to the agent's error,
+    /// keeping the kernel's words.
+    pub fn refused(what: &str, errno: i32) -> Self {
+        let desc = nix::errno::Errno::from_raw(errno).desc();
+        let msg = format!("{what}: {desc}");
+        match errno {
+            libc::EEXIST => Self::AlreadyExists(format!("what {what} adds")),
+            libc::ENODEV | libc::ENOENT | libc::ESRCH => {
+                Self::NotFound(format!("what {what} needs ({desc})"))
+            }
+            libc::EPERM | libc::EACCES => Self::PermissionDenied(msg),
+            libc::EINVAL | libc::ERANGE | libc::EAFNOSUPPORT => Self::InvalidArgument(msg),
+            libc::ENETUNREACH | libc::ENETDOWN | libc::EADDRNOTAVAIL => {
+                Self::FailedPrecondition(msg)
+            }
+            _ => Self::Internal(msg),
+        }
+    }
+
+    /// Maps a failed rtnetlink request of what `what` says: a refusal as [`Self::refused`],
+    /// anything else as internal.
+    pub fn kernel(what: &str, err: KernelError) -> Self {
+        match err {
+            KernelError::Errno(errno) => Self::refused(what, errno),
+            err => Self::Internal(format!("{what}: {err}")),
+        }
+    }
+
     /// The message with its whole chain of causes, as the caller of a failed RPC reads it.
     pub fn message(&self) -> String {
         status::message(self)
@@ -125,6 +155,13 @@ impl From<libcontainer::error::LibcontainerError> for AgentError {
             _ => return Self::Container(err),
         };
         wrap(status::message(&err))
+    }
+}
+
+impl From<RequestError> for AgentError {
+    fn from(err: RequestError) -> Self {
+        // The refusal's words are the whole message: it has no cause.
+        Self::InvalidArgument(err.to_string())
     }
 }
 
@@ -208,6 +245,59 @@ mod tests {
         assert_eq!(
             answer(AgentError::NotFound("container \"c\"".into())).1,
             "container \"c\" not found"
+        );
+    }
+
+    #[test]
+    fn kernel_refusals_map_to_codes() {
+        let errno_error = AgentError::refused;
+        assert_eq!(errno_error("x", libc::EEXIST).code(), Code::ALREADY_EXISTS);
+        assert_eq!(
+            errno_error("x", libc::EPERM).code(),
+            Code::PERMISSION_DENIED
+        );
+        assert_eq!(errno_error("x", libc::ENODEV).code(), Code::NOT_FOUND);
+        assert_eq!(
+            errno_error("x", libc::EINVAL).code(),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            errno_error("x", libc::ENETUNREACH).code(),
+            Code::FAILED_PRECONDITION
+        );
+        let e = errno_error("adding", libc::EBUSY);
+        assert_eq!(e.code(), Code::INTERNAL);
+        assert_eq!(e.to_string(), "adding: Device or resource busy");
+        let e = errno_error("adding the route", libc::EEXIST);
+        assert_eq!(e.to_string(), "what adding the route adds already exists");
+    }
+
+    #[test]
+    fn network_failures_map_in_one_place() {
+        let e = AgentError::kernel("listing links", KernelError::Errno(libc::EPERM));
+        assert_eq!(e.code(), Code::PERMISSION_DENIED);
+        assert_eq!(
+            answer(e).1,
+            "permission denied: listing links: Operation not permitted"
+        );
+        let e = AgentError::kernel(
+            "listing links",
+            KernelError::Netlink(rtnetlink::Error::RequestFailed),
+        );
+        assert_eq!(
+            answer(e),
+            (
+                Code::INTERNAL,
+                "listing links: A netlink request failed".to_string()
+            )
+        );
+        let e = AgentError::from(RequestError::MtuTooSmall(10));
+        assert_eq!(
+            answer(e),
+            (
+                Code::INVALID_ARGUMENT,
+                "invalid argument: MTU 10 is below the minimum of 68".to_string()
+            )
         );
     }
 

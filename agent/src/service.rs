@@ -123,7 +123,7 @@ impl AgentService for Agent {
         let i = req.interface.into_option().unwrap_or_default();
         tracing::info!(name = i.name, hw_addr = i.hw_addr, "UpdateInterface");
         let r = async {
-            let plan = network::InterfacePlan::from_request(&i)?;
+            let plan = network::plan_interface(&i)?;
             self.net.update_interface(&plan).await
         };
         done("UpdateInterface", r.await)
