@@ -1,7 +1,13 @@
-//! The shim's error type and its mapping to ttrpc codes at the Task API's edge (the kinds,
+//! The shim's error types and their mapping to ttrpc codes at the Task API's edge (the kinds,
 //! their codes and the status built from an error are `carapace_protocol::status`'s, shared
-//! with the agent); errors the agent returned keep the agent's code.
+//! with the agent); errors the agent returned keep the agent's code. [`NetworkError`], the pod
+//! network's, lives here beside [`ShimError`]: each wraps the other (a network failure is a Task
+//! failure; the agent refusing the guest's network is a network failure), and the mapping of
+//! the network's failures, from rtnetlink and to codes, is made here once.
 
+use std::path::PathBuf;
+
+use carapace_net::KernelError;
 use carapace_protocol::status::{self, ErrorKind, RpcError};
 use ttrpc::Code;
 
@@ -52,7 +58,7 @@ pub enum ShimError {
     },
     /// The pod's network could not be set up or torn down.
     #[error(transparent)]
-    Network(#[from] crate::network::NetworkError),
+    Network(#[from] NetworkError),
     /// Anything else that went wrong inside the shim.
     #[error("{0}")]
     Internal(String),
@@ -93,7 +99,7 @@ impl ShimError {
             Self::Agent { code, .. } => return *code,
             Self::AgentTransport { .. } => ErrorKind::Unavailable,
             Self::Network(e) => match e {
-                crate::network::NetworkError::Agent(inner) => return inner.code(),
+                NetworkError::Agent(inner) => return inner.code(),
                 e if e.is_invalid_argument() => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Internal,
             },
@@ -113,6 +119,69 @@ impl From<ShimError> for ttrpc::Error {
     fn from(err: ShimError) -> Self {
         // The whole chain: `Io` keeps its cause in `source`.
         status::status(&err)
+    }
+}
+
+/// Why the pod's network could not be set up or torn down.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The spec names a network namespace that cannot be opened or joined.
+    #[error("the pod's network namespace {path} cannot be used")]
+    Namespace {
+        /// The namespace path from the spec.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The namespace is the host's own (the shim's): taps and redirects there would join the
+    /// host's interfaces to the guest.
+    #[error("the pod's network namespace {0} is the host's own network namespace")]
+    HostNamespace(PathBuf),
+    /// The namespace holds nothing to give the guest.
+    #[error("the pod's network namespace {0} has no interface other than lo (is the CNI set-up missing?)")]
+    NoInterface(PathBuf),
+    /// A tap could not be made.
+    #[error("creating tap {name}")]
+    Tap {
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A netlink request was refused.
+    #[error("{what}: {message}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The kernel's (or rtnetlink's) words.
+        message: String,
+    },
+    /// The agent refused the guest's configuration.
+    #[error("configuring the guest's network")]
+    Agent(#[source] Box<ShimError>),
+}
+
+impl NetworkError {
+    /// A failed rtnetlink request of what `what` says, in the kernel's words (its errno's
+    /// text) or rtnetlink's.
+    pub fn netlink(what: impl Into<String>, err: KernelError) -> Self {
+        Self::Netlink {
+            what: what.into(),
+            message: match err {
+                KernelError::Errno(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
+                KernelError::Netlink(e) => e.to_string(),
+            },
+        }
+    }
+
+    /// Whether the request itself is at fault (a bad namespace), not the host.
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(
+            self,
+            Self::Namespace { .. } | Self::NoInterface(_) | Self::HostNamespace(_)
+        )
     }
 }
 
@@ -170,6 +239,45 @@ mod tests {
         assert_eq!(e.code(), Code::INVALID_ARGUMENT);
         let e = ShimError::agent("Check", ttrpc::Error::RemoteClosed);
         assert_eq!(e.code(), Code::UNAVAILABLE);
+    }
+
+    #[test]
+    fn network_errors_have_their_codes_and_the_kernels_words() {
+        let refused = NetworkError::netlink("listing routes", KernelError::Errno(libc::EPERM));
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "listing routes: {}",
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            )
+        );
+        let broken = NetworkError::netlink(
+            "listing links",
+            KernelError::Netlink(rtnetlink::Error::RequestFailed),
+        );
+        assert_eq!(
+            broken.to_string(),
+            "listing links: A netlink request failed"
+        );
+        let agent = NetworkError::Agent(Box::new(ShimError::agent(
+            "UpdateRoutes",
+            ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "no eth9")),
+        )));
+        let cases = [
+            (ShimError::from(refused), Code::INTERNAL),
+            (
+                NetworkError::NoInterface(PathBuf::from("/ns")).into(),
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                NetworkError::HostNamespace(PathBuf::from("/proc/1/ns/net")).into(),
+                Code::INVALID_ARGUMENT,
+            ),
+            (agent.into(), Code::NOT_FOUND),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code(), code, "{e}");
+        }
     }
 
     #[test]

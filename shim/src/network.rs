@@ -41,64 +41,13 @@ use carapace_protocol::types::{ArpNeighbor, Interface, Route};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::agent::ctx_timeout;
-use crate::error::ShimError;
+use crate::error::{NetworkError, ShimError};
 
 mod netlink;
 pub use netlink::Netlink;
 
 /// Deadline of each network RPC to the agent.
 const RPC: Duration = Duration::from_secs(30);
-
-/// Why the pod's network could not be set up or torn down.
-#[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
-    /// The spec names a network namespace that cannot be opened or joined.
-    #[error("the pod's network namespace {path} cannot be used")]
-    Namespace {
-        /// The namespace path from the spec.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The namespace is the host's own (the shim's): taps and redirects there would join the
-    /// host's interfaces to the guest.
-    #[error("the pod's network namespace {0} is the host's own network namespace")]
-    HostNamespace(PathBuf),
-    /// The namespace holds nothing to give the guest.
-    #[error("the pod's network namespace {0} has no interface other than lo (is the CNI set-up missing?)")]
-    NoInterface(PathBuf),
-    /// A tap could not be made.
-    #[error("creating tap {name}")]
-    Tap {
-        /// Its name.
-        name: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A netlink request was refused.
-    #[error("{what}: {message}")]
-    Netlink {
-        /// What was being done.
-        what: String,
-        /// The kernel's (or rtnetlink's) words.
-        message: String,
-    },
-    /// The agent refused the guest's configuration.
-    #[error("configuring the guest's network")]
-    Agent(#[source] Box<ShimError>),
-}
-
-impl NetworkError {
-    /// Whether the request itself is at fault (a bad namespace), not the host.
-    pub fn is_invalid_argument(&self) -> bool {
-        matches!(
-            self,
-            Self::Namespace { .. } | Self::NoInterface(_) | Self::HostNamespace(_)
-        )
-    }
-}
 
 type Result<T> = std::result::Result<T, NetworkError>;
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use carapace_net::{address_of, dump, errno_of, Cidr, KernelError, Link, Neighbour, RouteEntry};
+use carapace_net::{address_of, dump, errno_of, Cidr, Link, Neighbour, RouteEntry};
 use futures_util::TryStreamExt;
 use nix::sched::CloneFlags;
 use rtnetlink::packet_route::link::LinkMessage;
@@ -17,20 +17,15 @@ use rtnetlink::packet_route::tc::TcHandle;
 use rtnetlink::LinkUnspec;
 use tokio::task::JoinHandle;
 
-use super::{Netns, NetworkError, Result};
+use super::{Netns, Result};
+use crate::error::NetworkError;
 
 /// The ingress qdisc's handle, `ffff:`.
 const INGRESS_HANDLE: u32 = 0xffff_0000;
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
     let what = what.into();
-    move |e| NetworkError::Netlink {
-        what,
-        message: match KernelError::from(e) {
-            KernelError::Errno(errno) => io::Error::from_raw_os_error(errno).to_string(),
-            KernelError::Netlink(e) => e.to_string(),
-        },
-    }
+    move |e| NetworkError::netlink(what, e.into())
 }
 
 /// Whether a netlink failure is one of the errnos in `codes`.
