@@ -51,6 +51,9 @@ pub struct Config {
     pub agent_timeout_secs: u64,
     /// How rootfs directories reach the guest. Default: `virtiofs`.
     pub share: Share,
+    /// Whether carapace-vmm runs every thread under its seccomp filter. Default: true; turn it
+    /// off only to debug a VMM that dies of a forbidden syscall (the VMM warns in its log).
+    pub vmm_seccomp: bool,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             log_level: "info".into(),
             agent_timeout_secs: 30,
             share: Share::Virtiofs,
+            vmm_seccomp: true,
         }
     }
 }
@@ -193,9 +197,14 @@ mod tests {
     fn keys_override_defaults() {
         let c = Config::parse(
             Path::new("c.toml"),
-            "vcpus = 2\nmemory_mib = 512\nkernel = \"/k\"\nshare = \"block-copy\"\n",
+            "vcpus = 2\nmemory_mib = 512\nkernel = \"/k\"\nshare = \"block-copy\"\nvmm_seccomp = false\n",
         )
         .unwrap();
+        assert!(!c.vmm_seccomp);
+        assert!(
+            Config::default().vmm_seccomp,
+            "the filters are on by default"
+        );
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.memory_mib, 512);
         assert_eq!(c.kernel, PathBuf::from("/k"));

@@ -208,6 +208,7 @@ impl Sandbox {
             fs: Vec::new(),
             block: Vec::new(),
             rng: true,
+            seccomp: config.vmm_seccomp,
             net: network
                 .iter()
                 .flat_map(PodNetwork::vm_nics)

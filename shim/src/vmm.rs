@@ -50,6 +50,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-net devices, each on a tap the VMM inherits (the pod's network).
     pub net: Vec<Net>,
+    /// The VMM's threads under their seccomp filters.
+    pub seccomp: bool,
 }
 
 /// One virtio-net device on an inherited tap descriptor.
@@ -97,6 +99,7 @@ impl VmConfig {
             block,
             rng,
             net,
+            seccomp,
         } = self;
         schema::VmConfig {
             kernel: kernel.clone(),
@@ -118,6 +121,7 @@ impl VmConfig {
             vsock: Some(vsock.clone()),
             rng: *rng,
             fs: fs.iter().map(|s| s.0.clone()).collect(),
+            seccomp: *seccomp,
         }
     }
 }
@@ -192,7 +196,10 @@ impl Vmm {
                     255
                 }
             };
-            log::info!("carapace-vmm (pid {pid}) exited with {code}");
+            log::info!(
+                "carapace-vmm (pid {pid}) exited with {code}: {}",
+                schema::status::describe(code)
+            );
             let _ = tx.send(Some(code));
         });
         Ok(Self { pid, exit })
@@ -269,6 +276,7 @@ mod tests {
                 tap_fd: 5,
                 mac: "02:00:00:00:00:01".into(),
             }],
+            seccomp: true,
         }
     }
 
@@ -284,6 +292,18 @@ mod tests {
         assert!(v.get("block").is_none(), "empty lists are left out");
         assert_eq!(v["net"][0]["tap_fd"], 5);
         assert_eq!(v["net"][0]["mac"], "02:00:00:00:00:01");
+        assert!(
+            v.get("seccomp").is_none(),
+            "the filters' default (on) is left out"
+        );
+        let off = VmConfig {
+            seccomp: false,
+            ..pod_vm()
+        };
+        assert_eq!(
+            serde_json::to_value(off.vmm_config()).unwrap()["seccomp"],
+            false
+        );
     }
 
     #[test]

@@ -88,8 +88,9 @@ pub fn vm(sandbox: &Arc<dyn Vm>) {
         let Some(s) = sandbox.upgrade() else { return };
         if !s.stopping() {
             log::error!(
-                "pod {}: the VM ended on its own (status {status:?})\n--- vmm log ---\n{}\n--- guest console ---\n{}",
+                "pod {}: the VM ended on its own: {} (status {status:?})\n--- vmm log ---\n{}\n--- guest console ---\n{}",
                 s.id(),
+                status.map_or_else(|| "unknown".into(), carapace_vmm_config::status::describe),
                 s.vmm_log_tail(),
                 s.console_tail()
             );

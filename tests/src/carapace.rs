@@ -25,6 +25,29 @@ pub fn vmms_of(sid: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Each thread of process `pid`: its name and its `Seccomp:` mode from
+/// `/proc/<pid>/task/<tid>/status` (0 none, 1 strict, 2 filter).
+pub fn thread_seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&tasks).unwrap_or_else(|e| panic!("{}: {e}", tasks.display())) {
+        let dir = entry.unwrap().path();
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(|m| m.trim().to_string())
+            .unwrap_or_default();
+        out.push((comm.trim().to_string(), mode));
+    }
+    out
+}
+
 /// How the shim shares rootfs directories with the guest in tests: `CARAPACE_SHARE` if set,
 /// else `virtiofs` (the design; `block-copy` is the shim's older ext4-image stop-gap).
 pub fn share() -> String {

@@ -20,8 +20,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::seccomp::Thread;
 use crate::uds::{bind_private, check_peer, LogLimit, ACCEPT_BACKOFF};
-use crate::vm::MachineHandle;
+use crate::vm::{error_chain, MachineHandle};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
@@ -68,7 +69,14 @@ impl ApiServer {
         let errors = accept_errors.clone();
         std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || accept_loop(&listener, &handle, timeout, &errors))?;
+            .spawn(move || {
+                // The client threads it starts inherit its filter.
+                if let Err(e) = handle.confine(Thread::Api) {
+                    handle.fail(format!("control API: {}", error_chain(&e)));
+                    return;
+                }
+                accept_loop(&listener, &handle, timeout, &errors)
+            })?;
         Ok(ApiServer {
             path: path.to_path_buf(),
             accept_errors,

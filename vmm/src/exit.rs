@@ -1,7 +1,10 @@
 //! How a VM ends: the reason ([`ExitReason`]) and the one place it is announced
-//! ([`VmExit`]), shared by the machine, its vCPU threads and the legacy devices.
+//! ([`VmExit`]), shared by the machine, its vCPU threads and the legacy devices; and how
+//! the VMM prints the error that ends it ([`error_chain`]).
 
 use std::sync::Mutex;
+
+use carapace_vmm_config::status;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -22,13 +25,13 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    /// The VMM's exit status for this reason: 0 for an orderly end, 3 for a triple fault,
-    /// 1 for an error.
+    /// The VMM's exit status for this reason ([`status`]): 0 for an orderly end, 3 for a
+    /// triple fault, 1 for an error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Shutdown => 0,
-            ExitReason::TripleFault => 3,
-            ExitReason::Error(_) => 1,
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Shutdown => status::OK,
+            ExitReason::TripleFault => status::TRIPLE_FAULT,
+            ExitReason::Error(_) => status::ERROR,
         }
     }
 }
@@ -82,4 +85,16 @@ impl VmExit {
     pub(crate) fn eventfd(&self) -> &EventFd {
         &self.evt
     }
+}
+
+/// `err` followed by each of its causes, `: `-separated: how the VMM prints an error (each
+/// error's own message names only its context, never repeating its source).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
 }

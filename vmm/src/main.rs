@@ -1,6 +1,7 @@
 //! The `carapace-vmm` binary: boots one microVM from a JSON config file (`--config`) or from
 //! flags, serves the control socket, and exits with a status saying how the guest ended:
-//! 0 reset, power-off or API shutdown; 3 triple fault; 1 error; 2 refused configuration.
+//! 0 reset, power-off or API shutdown; 3 triple fault; 1 error; 2 refused configuration;
+//! 159 (128 + SIGSYS) a thread made a syscall outside its seccomp filter (`seccomp`).
 //!
 //! Before any device exists, the VMM raises its soft RLIMIT_NOFILE to the hard limit, at
 //! most [`NOFILE_TARGET`] (131072): the fs device holds a descriptor per open guest inode
@@ -15,12 +16,15 @@ use carapace_vmm::api::ApiServer;
 use carapace_vmm::config::{
     BlockConfig, FsCache, FsConfig, NetConfig, Serial, VmConfig, VsockConfig,
 };
+use carapace_vmm::seccomp::Thread;
 use carapace_vmm::vm::{error_chain, Machine, MachineError};
+use carapace_vmm_config::status;
 
 const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
        [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
        [--api-socket PATH] [--block PATH[,ro]]... [--net TAP[,mac=MAC]|fd=N[,mac=MAC]]...
        [--vsock CID,PATH] [--rng] [--fs TAG,PATH[,cache=never|auto|always][,ro][,devices]]...
+       [--seccomp on|off]
 Flags override the config file's values; --block, --net and --fs add to its devices.
 Set CARAPACE_VMM_STARTUP_REPORT=1 to print CPU time and RSS at the first KVM_RUN.";
 
@@ -164,6 +168,13 @@ fn parse_args(args: Vec<String>) -> Result<VmConfig, UsageError> {
                 });
             }
             "--rng" => config.rng = true,
+            "--seccomp" => {
+                config.seccomp = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(UsageError(format!("--seccomp: {v:?} is not on or off"))),
+                }
+            }
             "--fs" => config.fs.push(parse_fs(&v)?),
             "--help" | "-h" => return Err(UsageError(String::new())),
             other => return Err(UsageError(format!("unknown option {other}"))),
@@ -213,7 +224,7 @@ fn main() -> ExitCode {
         }
         Err(UsageError(msg)) => {
             eprintln!("carapace-vmm: {msg}\n{USAGE}");
-            return ExitCode::from(2);
+            return ExitCode::from(status::REFUSED as u8);
         }
     };
     // Before the devices: the fs device sizes its bounds by the soft limit in force.
@@ -231,11 +242,11 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e @ MachineError::Config(_)) => {
             eprintln!("carapace-vmm: {}", error_chain(&e));
-            return ExitCode::from(2);
+            return ExitCode::from(status::REFUSED as u8);
         }
         Err(e) => {
             eprintln!("carapace-vmm: {}", error_chain(&e));
-            return ExitCode::from(1);
+            return ExitCode::from(status::ERROR as u8);
         }
     };
     if std::env::var_os("CARAPACE_VMM_STARTUP_REPORT").is_some() {
@@ -253,7 +264,7 @@ fn main() -> ExitCode {
             Ok(a) => Some(a),
             Err(e) => {
                 eprintln!("carapace-vmm: {e}");
-                return ExitCode::from(1);
+                return ExitCode::from(status::ERROR as u8);
             }
         },
         None => None,
@@ -262,6 +273,10 @@ fn main() -> ExitCode {
     let _ = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            if let Err(e) = handle.confine(Thread::Signals) {
+                handle.fail(format!("signals thread: {}", error_chain(&e)));
+                return;
+            }
             let mut sig = 0;
             // SAFETY: sigwait reads the set and writes the signal number into `sig`.
             if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
@@ -343,8 +358,14 @@ mod tests {
             "carapace,/run/x",
             "--fs",
             "b,/b,cache=auto,ro,devices",
+            "--seccomp",
+            "off",
         ]))
         .unwrap();
+        assert!(!c.seccomp);
+        assert!(parse_args(args(&["--kernel", "/k"])).unwrap().seccomp);
+        let e = parse_args(args(&["--kernel", "/k", "--seccomp", "maybe"])).unwrap_err();
+        assert!(e.0.contains("--seccomp"), "{}", e.0);
         assert_eq!(c.fs[0].tag, "carapace");
         assert_eq!(c.fs[0].path, PathBuf::from("/run/x"));
         assert_eq!((c.fs[0].cache, c.fs[0].read_only), (FsCache::Never, false));

@@ -14,7 +14,8 @@ use vmm_sys_util::signal::register_signal_handler;
 
 use crate::arch::{boot, cpuid};
 use crate::bus::Bus;
-use crate::exit::{ExitReason, VmExit};
+use crate::exit::{error_chain, ExitReason, VmExit};
+use crate::seccomp::{Filters, Thread};
 
 /// The signal that kicks a vCPU out of KVM_RUN (its handler does nothing).
 fn kick_signal() -> i32 {
@@ -156,6 +157,29 @@ impl VcpuControl {
     }
 }
 
+/// Where vCPU threads wait until the VMM lets the guest run (once every other thread that
+/// serves it is confined).
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    /// Lets every waiting (and later) vCPU through.
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// What a vCPU thread needs.
 pub struct VcpuRunner {
     /// The vCPU.
@@ -172,6 +196,11 @@ pub struct VcpuRunner {
     pub control: Arc<VcpuControl>,
     /// Called once, right before the first KVM_RUN of vCPU 0 (start-up measurement).
     pub on_first_run: Option<Box<dyn FnOnce() + Send>>,
+    /// Passed before the first KVM_RUN (none: at once).
+    pub gate: Option<Arc<Gate>>,
+    /// The syscall filters; the thread puts the vCPU's on before its first KVM_RUN (none:
+    /// no filter).
+    pub filters: Option<Arc<Filters>>,
 }
 
 impl VcpuRunner {
@@ -206,6 +235,21 @@ impl VcpuRunner {
 
     fn run(mut self) {
         let index = self.index;
+        if let Some(gate) = self.gate.take() {
+            gate.wait();
+        }
+        if let Some(f) = self.on_first_run.take() {
+            f();
+        }
+        if let Some(filters) = self.filters.take() {
+            if let Err(e) = filters.apply(Thread::Vcpu) {
+                self.exit.exit(ExitReason::Error(format!(
+                    "vcpu{index}: {}",
+                    error_chain(&e)
+                )));
+                return;
+            }
+        }
         loop {
             if self.control.stop.load(Ordering::SeqCst) {
                 return;
@@ -213,9 +257,6 @@ impl VcpuRunner {
             if self.control.pause_requested.load(Ordering::SeqCst) {
                 self.control.park();
                 continue;
-            }
-            if let Some(f) = self.on_first_run.take() {
-                f();
             }
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {

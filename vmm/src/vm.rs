@@ -23,7 +23,9 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::mmio::{MmioSubscriber, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::VirtioDevice;
+pub use crate::exit::error_chain;
 use crate::exit::{ExitReason, VmExit};
+use crate::seccomp::{Filters, SeccompError, Thread};
 use crate::vcpu::{self, VcpuControl, VcpuRunner};
 
 /// Why a machine could not be built.
@@ -32,6 +34,9 @@ pub enum MachineError {
     /// The configuration is refused.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The syscall filters cannot be built.
+    #[error("seccomp")]
+    Seccomp(#[source] SeccompError),
     /// /dev/kvm cannot be opened.
     #[error("/dev/kvm")]
     KvmOpen(#[source] kvm_ioctls::Error),
@@ -110,18 +115,6 @@ pub enum MachineError {
     DeviceConfig(String),
 }
 
-/// `err` followed by each of its causes, `: `-separated: how the VMM prints an error (each
-/// error's own message names only its context, never repeating its source).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
-}
-
 /// CPU time this process has used so far (user and system), in microseconds.
 pub fn process_cpu_us() -> u64 {
     let mut ts = libc::timespec {
@@ -183,9 +176,24 @@ pub struct MachineHandle {
     pub vcpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// The threads' syscall filters; none when the configuration turns them off.
+    filters: Option<Arc<Filters>>,
 }
 
 impl MachineHandle {
+    /// Puts `thread`'s syscall filter on the calling thread (nothing when they are off).
+    pub fn confine(&self, thread: Thread) -> Result<(), SeccompError> {
+        match &self.filters {
+            Some(f) => f.apply(thread),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the VM for an error of the VMM's own (a thread that cannot go on).
+    pub fn fail(&self, why: String) {
+        self.exit.exit(ExitReason::Error(why));
+    }
+
     /// Pauses all vCPUs (devices keep their state; queues are not served while the guest
     /// cannot kick them).
     pub fn pause(&self) {
@@ -250,6 +258,7 @@ impl MachineHandle {
             guest_ranges: Vec::new(),
             vcpus: 1,
             memory_mib: 128,
+            filters: None,
         }
     }
 
@@ -379,6 +388,17 @@ impl Machine {
     /// Builds the VM: everything short of running its vCPUs.
     pub fn new(config: &VmConfig) -> Result<Machine, MachineError> {
         config.validate()?;
+        // Built first: a VMM that cannot confine its threads does not start a guest.
+        let filters = if config.seccomp {
+            Some(Arc::new(Filters::new().map_err(MachineError::Seccomp)?))
+        } else {
+            log::warn!(
+                "seccomp is OFF (the configuration's `seccomp: false`): every VMM thread may make \
+                 any syscall, so a guest that escapes KVM or a device meets no filter. For \
+                 debugging only."
+            );
+            None
+        };
         let kvm = Kvm::new().map_err(MachineError::KvmOpen)?;
         for cap in [
             Cap::Irqchip,
@@ -527,6 +547,8 @@ impl Machine {
                 exit: exit.clone(),
                 control: control.clone(),
                 on_first_run: None,
+                gate: None,
+                filters: None,
             });
         }
 
@@ -542,6 +564,7 @@ impl Machine {
                 guest_ranges,
                 vcpus: config.vcpus,
                 memory_mib: config.memory_mib,
+                filters,
             },
             _serial: serial,
             _vm: vm,
@@ -571,7 +594,12 @@ impl Machine {
         let control = self.handle.control.clone();
         let exit = self.handle.exit.clone();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        for r in std::mem::take(&mut self.runners) {
+        // The vCPUs wait at the gate until this thread is confined: no guest code runs
+        // before every thread's filter is on (each vCPU puts its own on before KVM_RUN).
+        let gate = Arc::new(vcpu::Gate::default());
+        for mut r in std::mem::take(&mut self.runners) {
+            r.gate = Some(gate.clone());
+            r.filters = self.handle.filters.clone();
             match r.spawn() {
                 Ok(h) => threads.push(h),
                 Err(e) => {
@@ -582,6 +610,13 @@ impl Machine {
                 }
             }
         }
+        if let Err(e) = self.handle.confine(Thread::EventLoop) {
+            exit.exit(ExitReason::Error(format!(
+                "event loop: {}",
+                error_chain(&e)
+            )));
+        }
+        gate.open();
         while exit.reason().is_none() {
             if let Err(e) = self.event_manager.run() {
                 exit.exit(ExitReason::Error(format!("event loop: {e:?}")));

@@ -2,7 +2,8 @@
 //! that reads it (`--config`) and the shim that writes it.
 //!
 //! [`schema`] holds the serde types (keys, defaults, unknown keys refused); [`check`] the
-//! checks of values against the limits a VMM states and the host probes it supplies. The
+//! checks of values against the limits a VMM states and the host probes it supplies;
+//! [`status`] the VMM's exit statuses and what each means. The
 //! crate depends on serde alone, so the shim can use it without pulling in the VMM's KVM
 //! crates.
 
@@ -10,6 +11,7 @@ use std::fmt;
 
 pub mod check;
 pub mod schema;
+pub mod status;
 
 pub use check::{HostChecks, Limits};
 pub use schema::{

@@ -55,6 +55,17 @@ pub struct VmConfig {
     /// Host directories shared with the guest over virtio-fs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fs: Vec<FsConfig>,
+    /// Whether every VMM thread runs under its seccomp filter (on unless turned off, for
+    /// debugging only: the VMM warns when it runs without).
+    #[serde(default = "default_seccomp", skip_serializing_if = "is_true")]
+    pub seccomp: bool,
+}
+
+fn default_seccomp() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_cmdline() -> String {
@@ -186,6 +197,7 @@ impl VmConfig {
             vsock: None,
             rng: false,
             fs: Vec::new(),
+            seccomp: default_seccomp(),
         }
     }
 
@@ -254,6 +266,8 @@ mod tests {
                 read_only: true,
                 allow_devices: true,
             }],
+            // Written only when off (the default is on).
+            seccomp: false,
         }
     }
 
@@ -277,6 +291,7 @@ mod tests {
                 "memory_mib",
                 "net",
                 "rng",
+                "seccomp",
                 "serial",
                 "vcpus",
                 "vsock"
@@ -317,6 +332,7 @@ mod tests {
         assert!(c.block.is_empty() && c.net.is_empty() && c.fs.is_empty());
         assert_eq!(c.vsock, None);
         assert!(!c.rng);
+        assert!(c.seccomp, "the filters are on unless turned off");
         let c = VmConfig::from_json(
             r#"{"kernel": "/k", "block": [{"path": "/d"}], "net": [{}],
                 "fs": [{"tag": "t", "path": "/p"}]}"#,
