@@ -4,7 +4,7 @@
 //! and removes every trace (processes, cgroups, files) when it ends. Skipped unless root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use carapace_protocol::agent::*;
@@ -29,25 +29,10 @@ struct Agent {
     client: AgentServiceClient,
 }
 
-/// A busybox rootfs with relative applet links (so they resolve inside the container).
+/// A busybox rootfs in `dir` (the shared fixture: static busybox, applet links, passwd).
 fn make_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    carapace_tests::agent::busybox_rootfs(&root);
     root
 }
 
@@ -109,35 +94,13 @@ impl Agent {
     }
 
     async fn read_all(&self, id: &str, exec: &str, stderr: bool) -> String {
-        let mut out = Vec::new();
-        loop {
-            let req = ReadStreamRequest {
-                container_id: id.into(),
-                exec_id: exec.into(),
-                len: 4096,
-                ..Default::default()
-            };
-            let r = if stderr {
-                self.client.read_stderr(ctx(), &req).await
-            } else {
-                self.client.read_stdout(ctx(), &req).await
-            };
-            let r = r.expect("reading a stream");
-            if r.eof {
-                return String::from_utf8_lossy(&out).into_owned();
-            }
-            out.extend_from_slice(&r.data);
-        }
+        carapace_tests::agent::read_all(&self.client, id, exec, stderr)
+            .await
+            .expect("reading a stream")
     }
 
     async fn wait(&self, id: &str, exec: &str) -> WaitProcessResponse {
-        let req = WaitProcessRequest {
-            container_id: id.into(),
-            exec_id: exec.into(),
-            ..Default::default()
-        };
-        self.client
-            .wait_process(ctx(), &req)
+        carapace_tests::agent::wait(&self.client, id, exec)
             .await
             .expect("WaitProcess")
     }
