@@ -54,6 +54,23 @@ pub struct Config {
     /// Whether carapace-vmm runs every thread under its seccomp filter. Default: true; turn it
     /// off only to debug a VMM that dies of a forbidden syscall (the VMM warns in its log).
     pub vmm_seccomp: bool,
+    /// Whether carapace-vmm confines itself to its jail (new mount, IPC, UTS and network
+    /// namespaces, a root holding only the pod's state directory, reduced capabilities,
+    /// no_new_privs). Default: true.
+    pub vmm_jail: bool,
+    /// The largest file a jailed VMM may write, in bytes (RLIMIT_FSIZE: its console log,
+    /// files the guest writes on its shares); 0: no limit. Default: 0.
+    pub vmm_max_file_size: u64,
+    /// The most processes a jailed VMM's user may have (RLIMIT_NPROC); 0: no limit. Root is
+    /// exempt from it, so it binds only with `vmm_user`. Default: 0.
+    pub vmm_max_processes: u64,
+    /// The most files a jailed VMM may have open (RLIMIT_NOFILE); 0: the VMM's own limit
+    /// (131072 at most). Default: 0.
+    pub vmm_max_open_files: u64,
+    /// The uid:gid a jailed VMM becomes when it serves no virtio-fs share (`share =
+    /// "block-copy"`), e.g. "65534:65534"; empty: it stays root with no capabilities.
+    /// Default: empty.
+    pub vmm_user: String,
 }
 
 impl Default for Config {
@@ -71,6 +88,11 @@ impl Default for Config {
             agent_timeout_secs: 30,
             share: Share::Virtiofs,
             vmm_seccomp: true,
+            vmm_jail: true,
+            vmm_max_file_size: 0,
+            vmm_max_processes: 0,
+            vmm_max_open_files: 0,
+            vmm_user: String::new(),
         }
     }
 }
@@ -179,7 +201,30 @@ impl Config {
                 format!("{:?} is not error, warn, info, debug or trace", c.log_level),
             ));
         }
+        if !c.vmm_user.is_empty() {
+            match c.vmm_ids() {
+                Some((0, _)) | Some((_, 0)) => {
+                    return Err(bad(
+                        "vmm_user",
+                        "must be an unprivileged uid:gid, not 0".into(),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(bad(
+                        "vmm_user",
+                        format!("{:?} is not uid:gid (numbers)", c.vmm_user),
+                    ))
+                }
+            }
+        }
         Ok(c)
+    }
+
+    /// `vmm_user` as (uid, gid), when it is set and well formed.
+    pub fn vmm_ids(&self) -> Option<(u32, u32)> {
+        let (u, g) = self.vmm_user.split_once(':')?;
+        Some((u.parse().ok()?, g.parse().ok()?))
     }
 }
 
@@ -201,6 +246,18 @@ mod tests {
         )
         .unwrap();
         assert!(!c.vmm_seccomp);
+        let other = Config::parse(
+            Path::new("c.toml"),
+            "vmm_user = \"65534:65533\"\nvmm_jail = false\n",
+        )
+        .unwrap();
+        assert_eq!(other.vmm_ids(), Some((65534, 65533)));
+        assert!(!other.vmm_jail && Config::default().vmm_jail);
+        for bad in ["0:1", "nobody", "1:"] {
+            let e =
+                Config::parse(Path::new("c.toml"), &format!("vmm_user = \"{bad}\"\n")).unwrap_err();
+            assert!(e.to_string().contains("vmm_user"), "{bad}: {e}");
+        }
         assert!(
             Config::default().vmm_seccomp,
             "the filters are on by default"

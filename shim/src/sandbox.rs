@@ -10,6 +10,7 @@ use std::time::Duration;
 use carapace_protocol::agent::{CreateSandboxRequest, DestroySandboxRequest};
 use carapace_protocol::agent_ttrpc::AgentServiceClient;
 use carapace_protocol::types::Mount as AgentMount;
+use carapace_vmm_config::JailConfig;
 use tokio::sync::watch;
 
 use crate::agent::{self, ctx_timeout};
@@ -155,6 +156,34 @@ pub struct FirstContainer<'a> {
     pub resolv_conf: Option<PathBuf>,
 }
 
+/// The jail of the pod's VMM (none when the configuration turns it off): its root an empty
+/// directory in the pod's state directory, which the VMM mounts its private tmpfs on.
+fn jail_config(config: &Config, dir: &Path) -> Result<Option<JailConfig>> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !config.vmm_jail {
+        return Ok(None);
+    }
+    let root = dir.join("jail");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .map_err(|e| ShimError::io(format!("creating {}", root.display()), e))?;
+    let limit = |n: u64| (n > 0).then_some(n);
+    // A VMM without shares may drop root for the configured user; with one, the passthrough
+    // acts for the guest's users and stays root with a few capabilities.
+    let ids = (config.share == Share::BlockCopy)
+        .then(|| config.vmm_ids())
+        .flatten();
+    Ok(Some(JailConfig {
+        root,
+        uid: ids.map(|(u, _)| u),
+        gid: ids.map(|(_, g)| g),
+        max_file_size: limit(config.vmm_max_file_size),
+        max_processes: limit(config.vmm_max_processes),
+        max_open_files: limit(config.vmm_max_open_files),
+    }))
+}
+
 impl Sandbox {
     /// Boots the VM of pod `sid` (its directories made by [`prepare_dirs`]), with a NIC per
     /// interface of its network namespace, connects to the agent and sets the sandbox and its
@@ -209,6 +238,7 @@ impl Sandbox {
             block: Vec::new(),
             rng: true,
             seccomp: config.vmm_seccomp,
+            jail: jail_config(config, &dir)?,
             net: network
                 .iter()
                 .flat_map(PodNetwork::vm_nics)

@@ -52,6 +52,8 @@ pub struct VmConfig {
     pub net: Vec<Net>,
     /// The VMM's threads under their seccomp filters.
     pub seccomp: bool,
+    /// The jail the VMM confines itself to.
+    pub jail: Option<schema::JailConfig>,
 }
 
 /// One virtio-net device on an inherited tap descriptor.
@@ -100,6 +102,7 @@ impl VmConfig {
             rng,
             net,
             seccomp,
+            jail,
         } = self;
         schema::VmConfig {
             kernel: kernel.clone(),
@@ -122,6 +125,7 @@ impl VmConfig {
             rng: *rng,
             fs: fs.iter().map(|s| s.0.clone()).collect(),
             seccomp: *seccomp,
+            jail: jail.clone(),
         }
     }
 }
@@ -277,6 +281,7 @@ mod tests {
                 mac: "02:00:00:00:00:01".into(),
             }],
             seccomp: true,
+            jail: None,
         }
     }
 

@@ -61,12 +61,61 @@ impl ApiServer {
         handle: MachineHandle,
         timeout: Duration,
     ) -> std::io::Result<ApiServer> {
+        Self::bind(path)?.serve_with(handle, timeout)
+    }
+
+    /// Binds the socket at `path` (mode 0600) without serving it yet: the VMM binds before
+    /// it enters its jail and serves from a thread started inside.
+    pub fn bind(path: &Path) -> std::io::Result<ApiListener> {
         let listener = bind_private(path).map_err(|e| {
             let e = std::io::Error::from(e);
             std::io::Error::new(e.kind(), format!("control socket {e}"))
         })?;
-        let accept_errors = Arc::new(AtomicU64::new(0));
-        let errors = accept_errors.clone();
+        Ok(ApiListener {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Failed accepts so far (each followed by [`ACCEPT_BACKOFF`]).
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// A bound control socket not served yet ([`ApiServer::bind`]); dropped unserved, it
+/// removes its socket file.
+pub struct ApiListener {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl Drop for ApiListener {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl ApiListener {
+    /// Serves `handle` on a thread of its own.
+    pub fn serve(self, handle: MachineHandle) -> std::io::Result<ApiServer> {
+        self.serve_with(handle, API_IO_TIMEOUT)
+    }
+
+    fn serve_with(
+        mut self,
+        handle: MachineHandle,
+        timeout: Duration,
+    ) -> std::io::Result<ApiServer> {
+        let listener = self.listener.take().expect("an unserved listener");
+        // From here the server owns the socket file (its Drop removes it).
+        let server = ApiServer {
+            path: self.path.clone(),
+            accept_errors: Arc::new(AtomicU64::new(0)),
+        };
+        let errors = server.accept_errors.clone();
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
@@ -77,15 +126,7 @@ impl ApiServer {
                 }
                 accept_loop(&listener, &handle, timeout, &errors)
             })?;
-        Ok(ApiServer {
-            path: path.to_path_buf(),
-            accept_errors,
-        })
-    }
-
-    /// Failed accepts so far (each followed by [`ACCEPT_BACKOFF`]).
-    pub fn accept_errors(&self) -> u64 {
-        self.accept_errors.load(Ordering::Relaxed)
+        Ok(server)
     }
 }
 
@@ -160,6 +201,7 @@ fn admit(stream: UnixStream, handle: &MachineHandle, timeout: Duration, active: 
     let spawned = std::thread::Builder::new()
         .name("api-client".into())
         .spawn(move || {
+            crate::seccomp::inherited(Thread::Api);
             let _slot = slot;
             serve(stream, &handle);
         });

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 pub use carapace_vmm_config::{
-    parse_mac, BlockConfig, ConfigError, FsCache, FsConfig, HostChecks, Limits, NetConfig, Serial,
-    VmConfig, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    parse_mac, BlockConfig, ConfigError, FsCache, FsConfig, HostChecks, JailConfig, Limits,
+    NetConfig, Serial, VmConfig, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 
 use crate::arch::mptable::MAX_VCPUS;

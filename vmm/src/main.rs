@@ -13,9 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use carapace_vmm::api::ApiServer;
+use carapace_vmm::config::Validate;
 use carapace_vmm::config::{
     BlockConfig, FsCache, FsConfig, NetConfig, Serial, VmConfig, VsockConfig,
 };
+use carapace_vmm::jail::{self, Jail};
 use carapace_vmm::seccomp::Thread;
 use carapace_vmm::vm::{error_chain, Machine, MachineError};
 use carapace_vmm_config::status;
@@ -237,6 +239,24 @@ fn main() -> ExitCode {
     let signals = termination_signals();
     // SAFETY: pthread_sigmask only reads the set we own.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    // Into the jail first, while this is the process's only thread; a refused configuration
+    // is reported before (exit 2), with the host paths it names.
+    let jail = match &config.jail {
+        Some(j) => {
+            if let Err(e) = config.validate() {
+                eprintln!("carapace-vmm: {}", error_chain(&e));
+                return ExitCode::from(status::REFUSED as u8);
+            }
+            match Jail::enter(j, &jail::contents(&config)) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    eprintln!("carapace-vmm: {}", error_chain(&e));
+                    return ExitCode::from(status::ERROR as u8);
+                }
+            }
+        }
+        None => None,
+    };
     // Machine::new validates the configuration before it touches KVM: a refused one exits 2.
     let mut machine = match Machine::new(&config) {
         Ok(m) => m,
@@ -259,8 +279,8 @@ fn main() -> ExitCode {
             );
         }));
     }
-    let _api = match &config.api_socket {
-        Some(path) => match ApiServer::start(path, machine.handle()) {
+    let api = match &config.api_socket {
+        Some(path) => match ApiServer::bind(path) {
             Ok(a) => Some(a),
             Err(e) => {
                 eprintln!("carapace-vmm: {e}");
@@ -268,6 +288,20 @@ fn main() -> ExitCode {
             }
         },
         None => None,
+    };
+    // The jail sealed once everything is open and before any other thread starts.
+    if let Some(j) = jail {
+        if let Err(e) = j.seal(!config.fs.is_empty()) {
+            eprintln!("carapace-vmm: {}", error_chain(&e));
+            return ExitCode::from(status::ERROR as u8);
+        }
+    }
+    let _api = match api.map(|a| a.serve(machine.handle())).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("carapace-vmm: control socket: {e}");
+            return ExitCode::from(status::ERROR as u8);
+        }
     };
     let handle = machine.handle();
     let _ = std::thread::Builder::new()

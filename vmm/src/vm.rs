@@ -172,6 +172,8 @@ pub struct MachineHandle {
     transports: Vec<(Weak<Mutex<MmioTransport>>, u64, u32)>,
     started: Instant,
     guest_ranges: Vec<(usize, usize)>,
+    /// /proc/self/smaps, opened before the jail hides /proc (read again from its start).
+    smaps: Option<Arc<std::fs::File>>,
     /// vCPU count.
     pub vcpus: u8,
     /// Guest memory in MiB.
@@ -244,7 +246,19 @@ impl MachineHandle {
 
     /// Resident memory of this process outside guest memory, in KiB (from /proc/self/smaps).
     pub fn overhead_rss_kib(&self) -> Option<u64> {
-        overhead_rss_kib(&self.guest_ranges)
+        use std::os::unix::fs::FileExt;
+        let smaps = self.smaps.as_ref()?;
+        let mut text = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // procfs regenerates the file for a read from offset 0.
+            match smaps.read_at(&mut buf, text.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+        overhead_rss_kib(&String::from_utf8_lossy(&text), &self.guest_ranges)
     }
 
     /// A handle to no machine (no vCPUs, no devices), for tests of the control API.
@@ -256,6 +270,7 @@ impl MachineHandle {
             transports: Vec::new(),
             started: Instant::now(),
             guest_ranges: Vec::new(),
+            smaps: None,
             vcpus: 1,
             memory_mib: 128,
             filters: None,
@@ -270,8 +285,7 @@ impl MachineHandle {
 }
 
 /// Sums the resident size of every mapping of this process that is not guest memory.
-fn overhead_rss_kib(guest: &[(usize, usize)]) -> Option<u64> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+fn overhead_rss_kib(smaps: &str, guest: &[(usize, usize)]) -> Option<u64> {
     let mut total = 0u64;
     let mut in_guest = false;
     for line in smaps.lines() {
@@ -562,6 +576,7 @@ impl Machine {
                 transports,
                 started: Instant::now(),
                 guest_ranges,
+                smaps: std::fs::File::open("/proc/self/smaps").ok().map(Arc::new),
                 vcpus: config.vcpus,
                 memory_mib: config.memory_mib,
                 filters,

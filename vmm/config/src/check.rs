@@ -176,6 +176,42 @@ impl VmConfig {
                 ));
             }
         }
+        if let Some(j) = &self.jail {
+            if !j.root.is_absolute() || j.root.parent().is_none() {
+                return Err(bad(
+                    "jail.root",
+                    format!("`{}` must be an absolute path below /", j.root.display()),
+                ));
+            }
+            host.directory("jail.root", &j.root)?;
+            // The jail's network namespace is new and empty: a tap opened there by name would
+            // not be the host's.
+            if let Some(i) = self.net.iter().position(|n| n.tap.is_some()) {
+                return Err(bad(
+                    format!("net[{i}].tap"),
+                    "a jailed VMM takes its taps as descriptors (`tap_fd`)",
+                ));
+            }
+            match (j.uid, j.gid) {
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(bad("jail.uid", "give both `uid` and `gid`, or neither"))
+                }
+                (Some(_), Some(_)) if !self.fs.is_empty() => {
+                    return Err(bad(
+                        "jail.uid",
+                        "the virtio-fs passthrough acts for the guest's users as root: \
+                         no uid with an fs share",
+                    ))
+                }
+                (Some(0), _) | (_, Some(0)) => {
+                    return Err(bad("jail.uid", "an unprivileged uid and gid, not 0"))
+                }
+                _ => {}
+            }
+            if j.max_processes == Some(0) || j.max_open_files == Some(0) {
+                return Err(bad("jail.max_processes", "limits must be at least 1"));
+            }
+        }
         Ok(())
     }
 }
@@ -303,6 +339,50 @@ mod tests {
             4,
             "the pass stops at the first problem"
         );
+    }
+
+    #[test]
+    fn a_jail_is_checked_before_the_vmm_starts() {
+        use crate::JailConfig;
+        let jail = |uid, gid| JailConfig {
+            root: "/run/carapace/p/jail".into(),
+            uid,
+            gid,
+            max_file_size: None,
+            max_processes: Some(64),
+            max_open_files: None,
+        };
+        let host = FakeHost::default();
+        let mut c = devices();
+        c.jail = Some(jail(None, None));
+        assert_eq!(c.check(&LIMITS, &host).unwrap_err().key, "net[0].tap");
+        c.net[0].tap = None;
+        c.net[0].tap_fd = Some(5);
+        let host = FakeHost::default();
+        c.check(&LIMITS, &host).unwrap();
+        assert_eq!(host.asked.borrow().last().unwrap(), "dir jail.root");
+        let refused = |c: &VmConfig| c.check(&LIMITS, &FakeHost::default()).unwrap_err();
+        // The fs share's passthrough needs root: no uid with it.
+        c.jail = Some(jail(Some(1000), Some(1000)));
+        let e = refused(&c);
+        assert_eq!(e.key, "jail.uid");
+        assert!(e.why.contains("fs share"), "{e:?}");
+        c.fs.clear();
+        c.check(&LIMITS, &FakeHost::default()).unwrap();
+        for (uid, gid) in [(Some(0), Some(1)), (Some(1), None)] {
+            c.jail = Some(jail(uid, gid));
+            assert_eq!(refused(&c).key, "jail.uid", "{uid:?} {gid:?}");
+        }
+        c.jail = Some(JailConfig {
+            root: "jail".into(),
+            ..jail(None, None)
+        });
+        assert_eq!(refused(&c).key, "jail.root");
+        c.jail = Some(JailConfig {
+            max_processes: Some(0),
+            ..jail(None, None)
+        });
+        assert_eq!(refused(&c).key, "jail.max_processes");
     }
 
     #[test]

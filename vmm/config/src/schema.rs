@@ -59,6 +59,35 @@ pub struct VmConfig {
     /// debugging only: the VMM warns when it runs without).
     #[serde(default = "default_seccomp", skip_serializing_if = "is_true")]
     pub seccomp: bool,
+    /// The jail the VMM confines itself to once its devices are open; none: no jail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailConfig>,
+}
+
+/// How the VMM confines itself (in the spirit of Firecracker's jailer, done in-process): new
+/// mount, IPC, UTS and network namespaces, a root holding only the directories it still uses
+/// by path, reduced capabilities, no_new_privs and resource limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// An empty directory the VMM mounts its new root (a private tmpfs) on.
+    pub root: PathBuf,
+    /// The user the VMM becomes once set up; only without virtio-fs shares, whose
+    /// passthrough acts for the guest's users as root with a few capabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The group the VMM becomes with `uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// RLIMIT_FSIZE: the largest file the VMM may write, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_size: Option<u64>,
+    /// RLIMIT_NPROC: the most processes (threads count) the VMM's user may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u64>,
+    /// RLIMIT_NOFILE: the most open files; default: the VMM's own raised limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_files: Option<u64>,
 }
 
 fn default_seccomp() -> bool {
@@ -198,6 +227,7 @@ impl VmConfig {
             rng: false,
             fs: Vec::new(),
             seccomp: default_seccomp(),
+            jail: None,
         }
     }
 
@@ -268,6 +298,14 @@ mod tests {
             }],
             // Written only when off (the default is on).
             seccomp: false,
+            jail: Some(JailConfig {
+                root: "/run/carapace/p/jail".into(),
+                uid: Some(65534),
+                gid: Some(65534),
+                max_file_size: Some(1 << 30),
+                max_processes: Some(64),
+                max_open_files: Some(4096),
+            }),
         }
     }
 
@@ -287,6 +325,7 @@ mod tests {
                 "cmdline",
                 "fs",
                 "initramfs",
+                "jail",
                 "kernel",
                 "memory_mib",
                 "net",

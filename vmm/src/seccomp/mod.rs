@@ -124,6 +124,12 @@ impl Filters {
     }
 }
 
+/// Names the calling thread's kind for the SIGSYS report, in a thread that inherited the
+/// filter of its kind from the thread that started it (the API's client threads).
+pub fn inherited(thread: Thread) {
+    THREAD.with(|t| t.set(thread as u8));
+}
+
 /// Installs `program` as `thread`'s filter on the calling thread.
 pub fn apply_program(thread: Thread, program: &BpfProgram) -> Result<(), SeccompError> {
     THREAD.with(|t| t.set(thread as u8));
@@ -137,7 +143,9 @@ thread_local! {
 
 /// Syscalls every thread makes: memory allocation (malloc's arenas grow with mprotect and
 /// shrink with madvise), locks, the clock, logging to stderr, the no-op handler of the
-/// vCPU kick signal returning, and ending (a thread's own end frees its stacks).
+/// vCPU kick signal returning, closing what it owns (std checks a descriptor with
+/// fcntl(F_GETFD) before it closes it in debug builds), and ending (a thread's own end frees
+/// its stacks).
 const COMMON: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_mmap,
@@ -157,6 +165,7 @@ const COMMON: &[i64] = &[
     libc::SYS_writev,
     libc::SYS_read,
     libc::SYS_close,
+    libc::SYS_fcntl,
     libc::SYS_rt_sigreturn,
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
@@ -205,7 +214,6 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_ftruncate,
-    libc::SYS_fcntl,
     libc::SYS_dup,
     libc::SYS_accept4,
     libc::SYS_connect,
@@ -274,12 +282,15 @@ const EVENT_LOOP: &[i64] = &[
 /// vmm-sys-util.
 const EVENT_LOOP_IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX];
 
-/// The control API, beyond [`COMMON`]: its socket (accept, the peer's credentials, read and
-/// write with timeouts), client threads (clone with CLONE_THREAD only: no new process), the
-/// `status` answer's read of /proc/self/smaps, pausing (tgkill of the vCPUs, this process
-/// only), and removing its socket file when it ends.
+/// The control API, beyond [`COMMON`]: its socket (accept, the peer's credentials checked
+/// against its own user, read and write with timeouts), client threads (clone with
+/// CLONE_THREAD only: no new process), the `status` answer's read of /proc/self/smaps (kept
+/// open, read with pread), pausing (tgkill of the vCPUs, this process only), and removing
+/// its socket file when it ends.
 const API: &[i64] = &[
     libc::SYS_accept4,
+    libc::SYS_geteuid,
+    libc::SYS_getuid,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_shutdown,
@@ -287,12 +298,12 @@ const API: &[i64] = &[
     libc::SYS_setsockopt,
     libc::SYS_poll,
     libc::SYS_ppoll,
-    libc::SYS_fcntl,
     libc::SYS_openat,
     libc::SYS_statx,
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_lseek,
+    libc::SYS_pread64,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_prctl,

@@ -1,0 +1,545 @@
+//! The jail carapace-vmm puts itself in, as Firecracker's jailer puts Firecracker, but done
+//! in-process and in two steps, both while the process has one thread (namespaces and
+//! capabilities are per thread; the threads started later inherit them):
+//!
+//! 1. [`Jail::enter`], first thing in `main`: new mount, IPC, UTS and network namespaces
+//!    (the VMM needs no network: taps come as descriptors, vsock streams go to Unix sockets
+//!    by path, so its network namespace is a new, empty one rather than the pod's); every
+//!    mount a slave of the host's (nothing the VMM mounts reaches the host, while mounts the
+//!    shim makes later in a share, such as a new container's rootfs, still reach the VMM);
+//!    then `pivot_root` into a private tmpfs holding only what the VM needs, each at its host
+//!    path: the kernel, initramfs and disk images and /dev/kvm bound read-only where they can
+//!    be, a /proc, the directories of the VMM's sockets and console, and each virtio-fs share
+//!    with the mounts below it.
+//! 2. [`Jail::seal`], once the machine is built (every file, device and socket open): what
+//!    was needed only to open (kernel, initramfs, disks, /dev/kvm, /proc) is unmounted and
+//!    removed, the root made read-only, resource limits set, the unprivileged user taken
+//!    when there is no share, the capability sets cut to what the virtio-fs passthrough needs
+//!    to act for the guest's users, and no_new_privs set.
+//!
+//! Not done here: a PID namespace. The VMM would have to fork for it (a process cannot enter
+//! a new PID namespace itself), leaving a supervisor outside; its seccomp filters already
+//! refuse kill, ptrace and every signal to another process.
+
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{chdir, pivot_root, setresgid, setresuid, Gid, Uid};
+
+use crate::config::{JailConfig, Serial, VmConfig};
+
+/// The capabilities the VMM keeps when it serves virtio-fs shares, and why: the passthrough
+/// takes on each guest request's user and group (SETUID, SETGID), creates files for them and
+/// gives them their owner (CHOWN), reaches files whatever their mode, as the guest's root
+/// may (DAC_OVERRIDE, DAC_READ_SEARCH), changes times and modes of files it does not own
+/// (FOWNER), keeps set-group-ID bits on write (FSETID), and makes overlayfs whiteouts and
+/// FIFOs (MKNOD). Nothing else: no SYS_ADMIN (mounts, trusted xattrs), no NET_ADMIN, no
+/// SYS_PTRACE, no SETFCAP (file capabilities set by a guest), no SYS_MODULE.
+pub const FS_CAPABILITIES: [Capability; 8] = [
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_MKNOD,
+];
+
+/// The hostname inside the VMM's UTS namespace.
+const HOSTNAME: &str = "carapace-vmm";
+
+/// Why the VMM could not enter its jail.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// A namespace, mount or identity call failed.
+    #[error("jail: {what}")]
+    Sys {
+        /// The step.
+        what: String,
+        /// The failure.
+        #[source]
+        source: nix::Error,
+    },
+    /// A capability set could not be changed.
+    #[error("jail: {what}")]
+    Caps {
+        /// The step.
+        what: String,
+        /// The failure.
+        #[source]
+        source: caps::errors::CapsError,
+    },
+    /// A resource limit could not be set.
+    #[error("jail: setrlimit {0}")]
+    Rlimit(&'static str, #[source] std::io::Error),
+    /// Other threads run: they would keep the host's root and every capability.
+    #[error("jail: the VMM has {0} threads; it must confine itself while it has one")]
+    Threads(usize),
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> JailError {
+    let what = what.into();
+    move |source| JailError::Sys { what, source }
+}
+
+fn caps_err(what: impl Into<String>) -> impl FnOnce(caps::errors::CapsError) -> JailError {
+    let what = what.into();
+    move |source| JailError::Caps { what, source }
+}
+
+/// What the jail holds, each at its host path.
+#[derive(Debug, Default, Clone)]
+pub struct Contents {
+    /// Files needed only to be opened (kernel, initramfs, disk images, /dev/kvm), with
+    /// whether they may be bound read-only.
+    pub open_only: Vec<(PathBuf, bool)>,
+    /// Directories kept for the VM's life: those of its sockets and console.
+    pub dirs: Vec<PathBuf>,
+    /// Directories kept with every mount below them: the virtio-fs shares.
+    pub trees: Vec<PathBuf>,
+}
+
+impl Contents {
+    /// Adds `dir` to the kept directories (once; never "" or "/").
+    pub fn keep_dir(&mut self, dir: &Path) {
+        if dir.parent().is_some() && !self.dirs.iter().any(|d| d == dir) {
+            self.dirs.push(dir.to_path_buf());
+        }
+    }
+}
+
+/// What the jail of a VMM running `config` holds.
+pub fn contents(config: &VmConfig) -> Contents {
+    let mut c = Contents::default();
+    c.open_only.push((PathBuf::from("/dev/kvm"), false));
+    c.open_only.push((config.kernel.clone(), true));
+    if let Some(i) = &config.initramfs {
+        c.open_only.push((i.clone(), true));
+    }
+    for b in &config.block {
+        c.open_only.push((b.path.clone(), b.read_only));
+    }
+    let sockets = config
+        .api_socket
+        .iter()
+        .chain(config.vsock.iter().map(|v| &v.socket));
+    for s in sockets {
+        if let Some(d) = s.parent() {
+            c.keep_dir(d);
+        }
+    }
+    if let Serial::File(f) = &config.serial {
+        if let Some(d) = f.parent() {
+            c.keep_dir(d);
+        }
+    }
+    c.trees = config.fs.iter().map(|f| f.path.clone()).collect();
+    c
+}
+
+/// The jail the VMM has entered, until it is sealed.
+pub struct Jail {
+    config: JailConfig,
+    /// Mounts to remove at [`Jail::seal`], innermost last.
+    temporary: Vec<PathBuf>,
+}
+
+/// /proc, mounted in the jail until the machine is built (fuse-backend-rs opens
+/// /proc/self/fd, and the VMM /proc/self/smaps, once, to keep).
+const PROC: &str = "/proc";
+
+impl Jail {
+    /// Step 1 (see the module's documentation).
+    pub fn enter(config: &JailConfig, contents: &Contents) -> Result<Jail, JailError> {
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        if threads != 1 {
+            return Err(JailError::Threads(threads));
+        }
+        unshare(
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWNET,
+        )
+        .map_err(sys("unshare(mount, IPC, UTS, network)"))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(sys("making every mount a slave of the host's"))?;
+        nix::unistd::sethostname(HOSTNAME).map_err(sys("sethostname"))?;
+
+        let root = &config.root;
+        let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(
+            Some("tmpfs"),
+            root,
+            Some("tmpfs"),
+            hidden,
+            Some("mode=0755,size=1m"),
+        )
+        .map_err(sys(format!("mounting a tmpfs on {}", root.display())))?;
+        let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let mut temporary = Vec::new();
+        for dir in &contents.dirs {
+            let target = inside(dir);
+            make_dir(&target)?;
+            bind(dir, &target, MsFlags::empty())?;
+            remount(&target, hidden)?;
+        }
+        for tree in &contents.trees {
+            let target = inside(tree);
+            make_dir(&target)?;
+            bind(tree, &target, MsFlags::MS_REC)?;
+        }
+        // Files after the directories: one inside a kept directory is there already (and its
+        // placeholder must not be removed from the host's directory at the seal).
+        let kept = |f: &Path| {
+            contents
+                .dirs
+                .iter()
+                .chain(&contents.trees)
+                .any(|d| f.starts_with(d))
+        };
+        for (file, read_only) in contents.open_only.iter().filter(|(f, _)| !kept(f)) {
+            let target = inside(file);
+            make_file(&target)?;
+            bind(file, &target, MsFlags::empty())?;
+            // /dev/kvm must stay a device; everything else is data.
+            let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+            if !file.starts_with("/dev") {
+                flags |= MsFlags::MS_NODEV;
+            }
+            if *read_only {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            remount(&target, flags)?;
+            temporary.push(file.clone());
+        }
+        let proc_dir = inside(Path::new(PROC));
+        make_dir(&proc_dir)?;
+        mount(Some("proc"), &proc_dir, Some("proc"), hidden, None::<&str>)
+            .map_err(sys("mounting /proc in the jail"))?;
+        temporary.push(PathBuf::from(PROC));
+
+        // pivot_root(".", "."): the old root ends up mounted over the new one, and is detached.
+        chdir(root).map_err(sys(format!("chdir {}", root.display())))?;
+        pivot_root(".", ".").map_err(sys("pivot_root"))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root"))?;
+        chdir("/").map_err(sys("chdir /"))?;
+        Ok(Jail {
+            config: config.clone(),
+            temporary,
+        })
+    }
+
+    /// Step 2 (see the module's documentation). `shares`: whether the VMM serves virtio-fs
+    /// (it then keeps [`FS_CAPABILITIES`], and stays root).
+    pub fn seal(self, shares: bool) -> Result<(), JailError> {
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        if threads != 1 {
+            return Err(JailError::Threads(threads));
+        }
+        for path in self.temporary.iter().rev() {
+            umount2(path, MntFlags::MNT_DETACH)
+                .map_err(sys(format!("unmounting {}", path.display())))?;
+            remove_with_parents(path);
+        }
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(sys("remounting the root read-only"))?;
+        let jail = &self.config;
+        limits(jail)?;
+        if let (Some(uid), Some(gid)) = (jail.uid, jail.gid) {
+            // Checked by the configuration: never with shares, never 0. Changing the real,
+            // effective and saved ids of a process with one thread clears every capability.
+            nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
+            setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
+                .map_err(sys(format!("setresgid {gid}")))?;
+            setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
+                .map_err(sys(format!("setresuid {uid}")))?;
+        }
+        let kept: CapsHashSet = if shares {
+            FS_CAPABILITIES.into_iter().collect()
+        } else {
+            CapsHashSet::new()
+        };
+        // The bounding set first (dropping from it needs CAP_SETPCAP, which goes next).
+        for cap in caps::all() {
+            if !kept.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)
+                    .map_err(caps_err(format!("dropping {cap} from the bounding set")))?;
+            }
+        }
+        caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing the ambient set"))?;
+        caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+            .map_err(caps_err("clearing the inheritable set"))?;
+        caps::set(None, CapSet::Effective, &kept).map_err(caps_err("setting the effective set"))?;
+        caps::set(None, CapSet::Permitted, &kept).map_err(caps_err("setting the permitted set"))?;
+        // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain values.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(JailError::Sys {
+                what: "no_new_privs".into(),
+                source: nix::Error::last(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> JailError {
+    move |e| JailError::Sys {
+        what,
+        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+fn make_dir(path: &Path) -> Result<(), JailError> {
+    std::fs::create_dir_all(path).map_err(io_err(format!("creating {}", path.display())))
+}
+
+fn make_file(path: &Path) -> Result<(), JailError> {
+    if let Some(parent) = path.parent() {
+        make_dir(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(io_err(format!("creating {}", path.display())))
+}
+
+fn bind(from: &Path, to: &Path, extra: MsFlags) -> Result<(), JailError> {
+    mount(
+        Some(from),
+        to,
+        None::<&str>,
+        MsFlags::MS_BIND | extra,
+        None::<&str>,
+    )
+    .map_err(sys(format!("binding {}", from.display())))
+}
+
+fn remount(path: &Path, flags: MsFlags) -> Result<(), JailError> {
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .map_err(sys(format!("remounting {}", path.display())))
+}
+
+/// Removes the placeholder `path` and its parents up to the first one not empty.
+fn remove_with_parents(path: &Path) {
+    let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| d.parent().is_some()) {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
+/// The configured resource limits (soft and hard alike, so the VMM cannot raise them again).
+fn limits(jail: &JailConfig) -> Result<(), JailError> {
+    let set = |what: &'static str, resource, value: u64| {
+        let rl = libc::rlimit {
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the rlimit we own.
+        if unsafe { libc::setrlimit(resource, &rl) } != 0 {
+            return Err(JailError::Rlimit(what, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    if let Some(n) = jail.max_open_files {
+        set("RLIMIT_NOFILE", libc::RLIMIT_NOFILE, n)?;
+    }
+    if let Some(n) = jail.max_file_size {
+        // A write past the limit then fails with EFBIG (a serial console the guest floods
+        // stops growing) instead of killing the VMM with SIGXFSZ.
+        // SAFETY: ignoring a signal installs no handler.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        set("RLIMIT_FSIZE", libc::RLIMIT_FSIZE, n)?;
+    }
+    if let Some(n) = jail.max_processes {
+        set("RLIMIT_NPROC", libc::RLIMIT_NPROC, n)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jail_holds_what_the_configuration_names() {
+        let mut config = VmConfig::new("/k/vmlinux".into());
+        config.initramfs = Some("/k/initramfs".into());
+        config.api_socket = Some("/run/carapace/p/api.sock".into());
+        config.vsock = Some(crate::config::VsockConfig {
+            cid: 3,
+            socket: "/run/carapace/p/vsock.sock".into(),
+        });
+        config.serial = Serial::File("/run/carapace/p/console.log".into());
+        config.block.push(crate::config::BlockConfig {
+            path: "/d/disk.img".into(),
+            read_only: true,
+        });
+        let c = contents(&config);
+        assert_eq!(
+            c.open_only,
+            [
+                (PathBuf::from("/dev/kvm"), false),
+                (PathBuf::from("/k/vmlinux"), true),
+                (PathBuf::from("/k/initramfs"), true),
+                (PathBuf::from("/d/disk.img"), true)
+            ]
+        );
+        assert_eq!(
+            c.dirs,
+            [PathBuf::from("/run/carapace/p")],
+            "each directory once"
+        );
+        assert!(c.trees.is_empty());
+    }
+
+    /// Enters and seals a jail in a forked child (a process of one thread, as the VMM is
+    /// then) and checks, from inside, what it left.
+    #[test]
+    fn a_sealed_jail_holds_its_directories_and_shares_with_the_fs_capabilities() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: the jail needs root");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("carapace-jail-test-{}", std::process::id()));
+        let root = base.join("jail");
+        let sockets = base.join("sockets");
+        let share = base.join("share");
+        let kernel = base.join("vmlinux");
+        for d in [&root, &sockets, &share] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(sockets.join("kept"), "here").unwrap();
+        std::fs::write(share.join("shared"), "too").unwrap();
+        std::fs::write(&kernel, "kernel").unwrap();
+        let jail = JailConfig {
+            root: root.clone(),
+            uid: None,
+            gid: None,
+            max_file_size: Some(1 << 20),
+            max_processes: Some(1000),
+            max_open_files: Some(256),
+        };
+        let contents = Contents {
+            open_only: vec![(kernel.clone(), true)],
+            dirs: vec![sockets.clone()],
+            trees: vec![share.clone()],
+        };
+        // SAFETY: the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let check = || -> Result<(), String> {
+                let j = Jail::enter(&jail, &contents).map_err(|e| format!("{e:?}"))?;
+                // Inside, before the seal: what the machine opens is there.
+                let kept_open = std::fs::File::open(&kernel).map_err(|e| e.to_string())?;
+                if std::fs::write(&kernel, "x").is_ok() {
+                    return Err("the kernel is writable".into());
+                }
+                if !Path::new("/proc/self/fd").exists() {
+                    return Err("no /proc before the seal".into());
+                }
+                j.seal(true).map_err(|e| format!("{e:?}"))?;
+                drop(kept_open);
+                let top: Vec<_> = std::fs::read_dir("/")
+                    .map_err(|e| e.to_string())?
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                let first = sockets.components().nth(1).unwrap().as_os_str().to_owned();
+                if top != [first] {
+                    return Err(format!("the sealed root holds {top:?}"));
+                }
+                let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+                if read(sockets.join("kept")).as_deref() != Some("here")
+                    || read(share.join("shared")).as_deref() != Some("too")
+                {
+                    return Err("a kept directory is not there".into());
+                }
+                if kernel.exists() || Path::new("/proc/self").exists() {
+                    return Err("an open-only path is still there".into());
+                }
+                if std::fs::write("/planted", "x").is_ok() {
+                    return Err("the root is writable".into());
+                }
+                let eff = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
+                let bnd = caps::read(None, CapSet::Bounding).map_err(|e| e.to_string())?;
+                let want: CapsHashSet = FS_CAPABILITIES.into_iter().collect();
+                if eff != want || bnd != want {
+                    return Err(format!("effective {eff:?}, bounding {bnd:?}"));
+                }
+                // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes plain values.
+                if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
+                    return Err("no_new_privs is not set".into());
+                }
+                Ok(())
+            };
+            let code = match check() {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("jail check: {e}");
+                    1
+                }
+            };
+            // SAFETY: ends the child without the parent's atexit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let left = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's checks failed ({status:#x}); see its stderr"
+        );
+        assert_eq!(left, 0, "nothing reached the host's directory");
+    }
+
+    #[test]
+    fn the_fs_capabilities_hold_no_admin_power() {
+        for cap in [
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_NET_ADMIN,
+            Capability::CAP_SYS_PTRACE,
+            Capability::CAP_SETFCAP,
+            Capability::CAP_SETPCAP,
+            Capability::CAP_SYS_MODULE,
+            Capability::CAP_SYS_RAWIO,
+        ] {
+            assert!(!FS_CAPABILITIES.contains(&cap), "{cap}");
+        }
+    }
+}
