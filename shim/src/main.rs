@@ -5,6 +5,7 @@
 //! writes to the log fifo containerd reads) is a `log` logger.
 
 mod agent;
+mod cgroup;
 mod config;
 mod convert;
 mod error;

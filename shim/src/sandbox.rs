@@ -14,6 +14,7 @@ use carapace_vmm_config::JailConfig;
 use tokio::sync::watch;
 
 use crate::agent::{self, ctx_timeout};
+use crate::cgroup::PodCgroup;
 use crate::config::{Config, Share};
 use crate::error::{Result, ShimError};
 use crate::hostfs;
@@ -134,6 +135,8 @@ pub struct Sandbox {
     pub agent: AgentServiceClient,
     /// The pod's network on the host, if its spec named a network namespace.
     network: tokio::sync::Mutex<Option<PodNetwork>>,
+    /// The pod's host cgroup the VMM runs in, if the spec named one.
+    cgroup: Option<PodCgroup>,
     stopping: AtomicBool,
 }
 
@@ -154,6 +157,8 @@ pub struct FirstContainer<'a> {
     /// The host file bound on the container's `/etc/resolv.conf`, whose DNS settings the
     /// guest gets.
     pub resolv_conf: Option<PathBuf>,
+    /// The pod's host cgroup (the spec's `linux.cgroupsPath`), where its VMM runs.
+    pub cgroup: Option<String>,
 }
 
 /// The jail of the pod's VMM (none when the configuration turns it off): its root an empty
@@ -193,10 +198,22 @@ impl Sandbox {
             Some(path) => Some(PodNetwork::attach_path(path).await?),
             None => None,
         };
-        let booted = Self::boot_with(config, sid, first, &mut network).await;
+        let cgroup = match first.cgroup.as_deref().map(PodCgroup::make).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(n) = network.as_mut() {
+                    if let Err(d) = n.detach().await {
+                        log::error!("pod {sid}: removing the network after a failed boot: {d}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let booted = Self::boot_with(config, sid, first, &mut network, cgroup.as_ref()).await;
         match booted {
             Ok(mut s) => {
                 s.network = tokio::sync::Mutex::new(network);
+                s.cgroup = cgroup;
                 Ok(s)
             }
             Err(e) => {
@@ -204,6 +221,10 @@ impl Sandbox {
                     if let Err(d) = n.detach().await {
                         log::error!("pod {sid}: removing the network after a failed boot: {d}");
                     }
+                }
+                // Every failure after the VMM started stopped it: the cgroup is empty.
+                if let Some(c) = &cgroup {
+                    c.remove();
                 }
                 Err(e)
             }
@@ -215,6 +236,7 @@ impl Sandbox {
         sid: &PodId,
         first: FirstContainer<'_>,
         network: &mut Option<PodNetwork>,
+        cgroup: Option<&PodCgroup>,
     ) -> Result<Self> {
         let dir = state_dir(sid);
         let mut vm = VmConfig {
@@ -274,9 +296,24 @@ impl Sandbox {
                 });
             }
         }
-        let vmm = Vmm::start(&config.vmm, &vm, &dir.join("vm.json"), &dir.join("vmm.log")).await?;
+        let procs = cgroup.map(PodCgroup::procs).transpose()?;
+        let vmm = Vmm::start(
+            &config.vmm,
+            &vm,
+            &dir.join("vm.json"),
+            &dir.join("vmm.log"),
+            procs,
+        )
+        .await?;
         let _ = std::fs::write(dir.join("vmm.pid"), vmm.pid().to_string());
-        log::info!("pod {sid}: carapace-vmm pid {}", vmm.pid());
+        match cgroup {
+            Some(c) => log::info!(
+                "pod {sid}: carapace-vmm pid {} in cgroup {}",
+                vmm.pid(),
+                c.dir().display()
+            ),
+            None => log::info!("pod {sid}: carapace-vmm pid {}", vmm.pid()),
+        }
         let exit = vmm.exit_watch();
         let connected = agent::connect(
             &dir.join("vsock.sock"),
@@ -327,6 +364,7 @@ impl Sandbox {
             vmm,
             agent,
             network: tokio::sync::Mutex::new(None),
+            cgroup: None,
             stopping: AtomicBool::new(false),
         })
     }
@@ -370,6 +408,9 @@ impl Sandbox {
             }
         }
         self.vmm.stop(Duration::from_secs(5)).await;
+        if let Some(c) = &self.cgroup {
+            c.remove();
+        }
         let detached = match self.network.lock().await.as_mut() {
             Some(n) => n.detach().await.map_err(ShimError::from),
             None => Ok(()),

@@ -2,7 +2,7 @@
 //! JSON (whose keys the shared `carapace-vmm-config` crate defines for both sides), starting
 //! it, watching its exit, and stopping it (SIGTERM, then SIGKILL).
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -139,13 +139,16 @@ pub struct Vmm {
 impl Vmm {
     /// Writes `config` to `config_path` and starts `binary --config config_path`, its output
     /// appended to `log`, inheriting the descriptors `config.net` names (the shim's are
-    /// close-on-exec, so no other child gets them). A task owns the child and records its exit
+    /// close-on-exec, so no other child gets them), born in the cgroup whose `cgroup.procs`
+    /// is `procs` (the child moves itself there before it executes the VMM, so every page
+    /// the VMM touches is charged to the pod). A task owns the child and records its exit
     /// status.
     pub async fn start(
         binary: &Path,
         config: &VmConfig,
         config_path: &Path,
         log: &Path,
+        procs: Option<OwnedFd>,
     ) -> Result<Self> {
         let json = serde_json::to_vec_pretty(&config.vmm_config())
             .map_err(|e| ShimError::Internal(format!("serializing the VM config: {e}")))?;
@@ -168,11 +171,19 @@ impl Vmm {
             .stderr(log_err)
             .kill_on_drop(false);
         let inherit: Vec<RawFd> = config.net.iter().map(|n| n.tap_fd).collect();
-        if !inherit.is_empty() {
-            // SAFETY: the closure runs in the forked child before exec and only calls fcntl(2),
-            // which is async-signal-safe, on descriptors the parent keeps open across the spawn.
+        let procs_fd = procs.as_ref().map(|p| p.as_raw_fd());
+        if !inherit.is_empty() || procs_fd.is_some() {
+            // SAFETY: the closure runs in the forked child before exec and only calls write(2)
+            // and fcntl(2), which are async-signal-safe, on descriptors the parent keeps open
+            // across the spawn (`procs` lives until `spawn` returns).
             unsafe {
                 command.pre_exec(move || {
+                    if let Some(fd) = procs_fd {
+                        // "0": the writing process itself.
+                        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                     for &fd in &inherit {
                         if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                             return Err(std::io::Error::last_os_error());
@@ -185,6 +196,7 @@ impl Vmm {
         let mut child: Child = command
             .spawn()
             .map_err(|e| ShimError::io(format!("starting {}", binary.display()), e))?;
+        drop(procs);
         let pid = child
             .id()
             .ok_or_else(|| ShimError::Internal("the VMM exited at once".into()))?;

@@ -3,7 +3,8 @@
 //! guest with its OOM event, writes to the rootfs and to bind-mounted host directories
 //! reaching the host, stdin closing (CloseIO), Update, Checkpoint refused, the VM sized
 //! from annotations, events in containerd's order, a guest
-//! kernel panic ending the task, and 20 create/delete cycles leaving nothing behind.
+//! kernel panic ending the task, 20 create/delete cycles leaving nothing behind, and the pod's
+//! VMM in the host cgroup its spec names.
 
 use std::io::Write;
 use std::path::Path;
@@ -376,6 +377,55 @@ lab_test! {
 
         kill9(&c, "u1");
         c.delete_task("u1", 137);
+        c.assert_nothing_left();
+    }
+}
+
+/// The cgroup v2 path (`0::/...`) process `pid` is in.
+fn cgroup_of(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in {text}"))
+        .to_string()
+}
+
+lab_test! {
+    fn the_pods_vmm_runs_in_the_cgroup_its_spec_names() {
+        let c = Carapace::start();
+        c.import(&busybox_image());
+        // Both forms containerd writes: a cgroupfs path and systemd's slice:prefix:name.
+        for (id, path, dir) in [
+            ("cg1", "/carapace-pods/burstable/cg1", "/carapace-pods/burstable/cg1"),
+            ("cg2", "carapace-pods.slice:cri:cg2", "/carapace.slice/carapace-pods.slice/cri-cg2.scope"),
+        ] {
+            run_detached(&c, &["--cgroup", path], id, &["sleep", "1000"]);
+            let vmms = vmms_of(id);
+            assert_eq!(vmms.len(), 1);
+            assert_eq!(cgroup_of(vmms[0]), dir, "the VMM of {id} runs in its pod's cgroup");
+            // Its guest memory is charged there: the booted guest has unpacked its initramfs.
+            let current: u64 = std::fs::read_to_string(format!("/sys/fs/cgroup{dir}/memory.current"))
+                .map(|s| s.trim().parse().unwrap())
+                .unwrap_or(0);
+            println!("lab figure: {id}: the pod's cgroup charges {} MiB with its VM booted", current >> 20);
+            assert!(current > 8 << 20, "memory.current {current}");
+            kill9(&c, id);
+            c.delete_task(id, 137);
+            assert!(!Path::new(&format!("/sys/fs/cgroup{dir}")).exists(), "{dir} removed");
+        }
+        assert!(!Path::new("/sys/fs/cgroup/carapace-pods").exists(), "made parents removed");
+        assert!(!Path::new("/sys/fs/cgroup/carapace.slice").exists());
+        // A path that would leave the hierarchy is refused by name, and nothing is left.
+        let out = c.ctr_output([
+            "run", "-d", "--runtime", RUNTIME, "--cgroup", "/a/../../../etc", BUSYBOX_IMAGE, "cg3", "true",
+        ]);
+        assert!(!out.status.success(), "{}", c.explain("a hostile cgroupsPath", &out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cgroupsPath"),
+            "{}",
+            c.explain("the refusal names the key", &out)
+        );
+        let _ = c.ctr_output(["container", "rm", "cg3"]);
         c.assert_nothing_left();
     }
 }

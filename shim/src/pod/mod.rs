@@ -179,6 +179,7 @@ impl Pod {
         let netns = crate::network::netns_path(&oci);
         let hostname = oci.hostname().clone().filter(|h| !h.is_empty());
         let resolv_conf = crate::network::resolv_conf_source(&oci);
+        let cgroup = oci.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let result: Result<Arc<Proc>> = async {
             let size = sizing::vm_size(&self.config, &oci)?;
             let host_rootfs = self
@@ -196,6 +197,7 @@ impl Pod {
                         netns: netns.clone(),
                         hostname: hostname.clone(),
                         resolv_conf: resolv_conf.clone(),
+                        cgroup: cgroup.as_ref().map(|p| p.to_string_lossy().into_owned()),
                     };
                     let s = self.host.boot(&self.config, &sid, first).await?;
                     booted = Some(s.clone());
