@@ -2,7 +2,7 @@
 //!
 //! On the host (kvm-pvm's /dev/kvm, native for everything up to the first KVM_RUN): CPU time
 //! from process start to the first KVM_RUN and the VMM's resident memory beyond guest memory
-//! at that point. In the lab (one session): time from VMM start to the guest init's marker,
+//! at that point, with the syscall filters off, on, and on in a jail. In the lab (one session): time from VMM start to the guest init's marker,
 //! carapace-vmm and QEMU microvm alternating on the same kernel and initramfs, medians and
 //! their ratio, and the VMM's memory overhead with a booted guest (from its control socket).
 //! Also in the lab: sequential write (dd, conv=fsync) and read (after dropping the guest's
@@ -26,48 +26,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Host: CPU time and RSS at the first KVM_RUN, as the VMM reports them.
+/// One start-up on the host: (CPU ms, overhead RSS KiB) at the first KVM_RUN, as the VMM
+/// reports them, booting from `config`.
+fn one_startup(config: &std::path::Path) -> (f64, f64) {
+    let mut child = Command::new(vmm_binary())
+        .arg("--config")
+        .arg(config)
+        .env("CARAPACE_VMM_STARTUP_REPORT", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start carapace-vmm");
+    // "carapace-vmm: first KVM_RUN after N us of CPU, overhead RSS M KiB" (after any warning)
+    let line = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("first KVM_RUN"))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let nums: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "unexpected startup report: {line:?}");
+    (nums[0] / 1000.0, nums[1])
+}
+
+/// Host: CPU time and RSS at the first KVM_RUN, with the syscall filters off, on (the
+/// default), and on in a jail (the shim's default), alternating run to run.
 fn host_startup() {
     let (kernel, initrd) = (guest_kernel(), test_initramfs());
-    let mut cpu = Vec::new();
-    let mut rss = Vec::new();
+    let dir = std::env::temp_dir().join(format!("carapace-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("jail")).unwrap();
+    let base = serde_json::json!({
+        "kernel": kernel, "initramfs": initrd, "memory_mib": 128, "serial": "off",
+    });
+    let variants = [
+        ("filters off", serde_json::json!({"seccomp": false})),
+        ("filters on", serde_json::json!({})),
+        (
+            "filters and jail",
+            serde_json::json!({"jail": {"root": dir.join("jail")}}),
+        ),
+    ];
+    let mut figures: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); variants.len()];
+    let configs: Vec<std::path::PathBuf> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, (_, extra))| {
+            let mut c = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            let p = dir.join(format!("vm{i}.json"));
+            std::fs::write(&p, c.to_string()).unwrap();
+            p
+        })
+        .collect();
     for _ in 0..20 {
-        let mut child = Command::new(vmm_binary())
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initramfs")
-            .arg(&initrd)
-            .args(["--memory-mib", "128", "--serial", "off"])
-            .env("CARAPACE_VMM_STARTUP_REPORT", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start carapace-vmm");
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-        // "carapace-vmm: first KVM_RUN after N us of CPU, overhead RSS M KiB"
-        let nums: Vec<f64> = line
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        assert_eq!(nums.len(), 2, "unexpected startup report: {line:?}");
-        cpu.push(nums[0] / 1000.0);
-        rss.push(nums[1]);
+        for (i, config) in configs.iter().enumerate() {
+            let (cpu, rss) = one_startup(config);
+            figures[i].0.push(cpu);
+            figures[i].1.push(rss);
+        }
     }
-    println!(
-        "bench host: carapace-vmm CPU time from exec to first KVM_RUN: median {:.2} ms (min {:.2}, max {:.2}; 20 runs, 128 MiB guest, target < 5 ms)",
-        median(cpu.clone()),
-        cpu.iter().cloned().fold(f64::MAX, f64::min),
-        cpu.iter().cloned().fold(0.0, f64::max)
-    );
-    println!(
-        "bench host: resident memory beyond guest memory at first KVM_RUN: median {:.0} KiB",
-        median(rss)
-    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let base_cpu = median(figures[0].0.clone());
+    let base_rss = median(figures[0].1.clone());
+    for ((name, _), (cpu, rss)) in variants.iter().zip(figures) {
+        let (c, r) = (median(cpu.clone()), median(rss));
+        println!(
+            "bench host: carapace-vmm, {name}: CPU time from exec to first KVM_RUN median {c:.2} ms (min {:.2}, max {:.2}; +{:.2} ms), resident memory beyond guest memory median {r:.0} KiB (+{:.0} KiB); 20 runs, 128 MiB guest, target < 5 ms",
+            cpu.iter().cloned().fold(f64::MAX, f64::min),
+            cpu.iter().cloned().fold(0.0, f64::max),
+            c - base_cpu,
+            r - base_rss,
+        );
+    }
 }
 
 fn api(sock: &std::path::Path, op: &str) -> String {
@@ -201,8 +238,12 @@ fn lab_fs_throughput() {
 
 fn main() {
     // `cargo bench` passes --bench; a filter, if any, is ignored. CARAPACE_BENCH=fs runs only
-    // the virtio-fs figures.
+    // the virtio-fs figures, CARAPACE_BENCH=host only the host's.
     let only_fs = std::env::var("CARAPACE_BENCH").is_ok_and(|v| v == "fs");
+    if std::env::var("CARAPACE_BENCH").is_ok_and(|v| v == "host") {
+        host_startup();
+        return;
+    }
     if inside() {
         if !only_fs {
             lab_boot();

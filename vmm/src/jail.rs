@@ -158,6 +158,12 @@ impl Jail {
         if threads != 1 {
             return Err(JailError::Threads(threads));
         }
+        if !config.root.is_dir() {
+            return Err(JailError::Sys {
+                what: format!("the root {} is not a directory", config.root.display()),
+                source: nix::Error::ENOTDIR,
+            });
+        }
         unshare(
             CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWIPC
