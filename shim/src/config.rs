@@ -71,6 +71,17 @@ pub struct Config {
     /// "block-copy"`), e.g. "65534:65534"; empty: it stays root with no capabilities.
     /// Default: empty.
     pub vmm_user: String,
+    /// Disk bytes per second of each pod VM's virtio-blk device (0: no limit; annotation
+    /// `io.carapace.blk.bytes-per-sec` may only lower it). Default: 0.
+    pub blk_bytes_per_sec: u64,
+    /// Disk operations per second (`io.carapace.blk.ops-per-sec`). Default: 0.
+    pub blk_ops_per_sec: u64,
+    /// Bytes per second each pod NIC delivers to the guest
+    /// (`io.carapace.net.rx-bytes-per-sec`). Default: 0.
+    pub net_rx_bytes_per_sec: u64,
+    /// Bytes per second each pod NIC takes from the guest
+    /// (`io.carapace.net.tx-bytes-per-sec`). Default: 0.
+    pub net_tx_bytes_per_sec: u64,
 }
 
 impl Default for Config {
@@ -93,6 +104,10 @@ impl Default for Config {
             vmm_max_processes: 0,
             vmm_max_open_files: 0,
             vmm_user: String::new(),
+            blk_bytes_per_sec: 0,
+            blk_ops_per_sec: 0,
+            net_rx_bytes_per_sec: 0,
+            net_tx_bytes_per_sec: 0,
         }
     }
 }

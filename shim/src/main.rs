@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod exec_id;
 mod hostfs;
+mod limits;
 mod mounts;
 mod network;
 mod output;

@@ -18,6 +18,7 @@ use crate::cgroup::PodCgroup;
 use crate::config::{Config, Share};
 use crate::error::{Result, ShimError};
 use crate::hostfs;
+use crate::limits::DeviceLimits;
 use crate::mounts;
 use crate::network::{self, PodNetwork};
 use crate::sizing::VmSize;
@@ -159,6 +160,8 @@ pub struct FirstContainer<'a> {
     pub resolv_conf: Option<PathBuf>,
     /// The pod's host cgroup (the spec's `linux.cgroupsPath`), where its VMM runs.
     pub cgroup: Option<String>,
+    /// Its devices' rate limits.
+    pub limits: DeviceLimits,
 }
 
 /// The jail of the pod's VMM (none when the configuration turns it off): its root an empty
@@ -260,6 +263,8 @@ impl Sandbox {
             block: Vec::new(),
             rng: true,
             seccomp: config.vmm_seccomp,
+            net_rx_limit: first.limits.net_rx.clone(),
+            net_tx_limit: first.limits.net_tx.clone(),
             jail: jail_config(config, &dir)?,
             net: network
                 .iter()
@@ -287,6 +292,7 @@ impl Sandbox {
                 vm.block.push(Block {
                     path: image,
                     read_only: false,
+                    rate_limit: first.limits.blk.clone(),
                 });
                 guest_mounts.push(AgentMount {
                     source: "/dev/vda".into(),

@@ -35,7 +35,7 @@ pub struct VmSize {
     pub memory_mib: u64,
 }
 
-fn annotation<T: std::str::FromStr>(spec: &Spec, key: &str) -> Result<Option<T>> {
+pub(crate) fn annotation<T: std::str::FromStr>(spec: &Spec, key: &str) -> Result<Option<T>> {
     let Some(value) = spec.annotations().as_ref().and_then(|a| a.get(key)) else {
         return Ok(None);
     };

@@ -52,6 +52,10 @@ pub struct VmConfig {
     pub net: Vec<Net>,
     /// The VMM's threads under their seccomp filters.
     pub seccomp: bool,
+    /// Each NIC's limits on what it delivers to the guest.
+    pub net_rx_limit: Option<schema::RateLimitConfig>,
+    /// Each NIC's limits on what it takes from the guest.
+    pub net_tx_limit: Option<schema::RateLimitConfig>,
     /// The jail the VMM confines itself to.
     pub jail: Option<schema::JailConfig>,
 }
@@ -103,6 +107,8 @@ impl VmConfig {
             net,
             seccomp,
             jail,
+            net_rx_limit,
+            net_tx_limit,
         } = self;
         schema::VmConfig {
             kernel: kernel.clone(),
@@ -119,6 +125,8 @@ impl VmConfig {
                     tap: None,
                     tap_fd: Some(n.tap_fd),
                     mac: Some(n.mac.clone()),
+                    rx_rate_limit: net_rx_limit.clone(),
+                    tx_rate_limit: net_tx_limit.clone(),
                 })
                 .collect(),
             vsock: Some(vsock.clone()),
@@ -294,6 +302,8 @@ mod tests {
             }],
             seccomp: true,
             jail: None,
+            net_rx_limit: None,
+            net_tx_limit: None,
         }
     }
 
@@ -341,6 +351,7 @@ mod tests {
         block.block.push(Block {
             path: "/run/carapace/p/c.ext4".into(),
             read_only: false,
+            rate_limit: None,
         });
         let v = serde_json::to_value(block.vmm_config()).unwrap();
         assert!(v.get("fs").is_none(), "empty lists are left out");

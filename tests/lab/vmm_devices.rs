@@ -1,6 +1,6 @@
 //! carapace-vmm's virtio devices seen from a real guest: vsock both ways through the hybrid
 //! Unix-socket backend, a file-backed block device read and written (and a read-only one
-//! refused), a tap-backed network device pinging the lab.
+//! refused, one held to its rate limit), a tap-backed network device pinging the lab.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -104,6 +104,41 @@ lab_test! {
         let after = std::fs::read(&disk).unwrap();
         assert_eq!(&after[4096..4096 + 20], b"written-by-the-guest");
         assert_eq!(std::fs::read(&ro).unwrap(), vec![7u8; 1 << 20], "the read-only disk changed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+lab_test! {
+    fn vmm_block_rate_limit_holds_within_ten_percent() {
+        let (kernel, initrd) = (guest_kernel(), test_initramfs());
+        let dir = scratch("blk-rate");
+        let (limited, free) = (dir.join("limited.img"), dir.join("free.img"));
+        std::fs::write(&limited, vec![1u8; 8 << 20]).unwrap();
+        std::fs::write(&free, vec![2u8; 8 << 20]).unwrap();
+        const LIMIT: f64 = 1048576.0;
+        let mut cmd = carapace_vmm(&kernel, &initrd, &format!("{CMDLINE} carapace.test=blk-rate"), 1, 128);
+        cmd.arg("--block").arg(format!("{},bps={}", limited.display(), LIMIT as u64));
+        cmd.arg("--block").arg(&free);
+        let mut guest = Console::spawn(&mut cmd);
+        guest.wait_for_line("carapace-test: done", Duration::from_secs(180));
+        let status = guest.wait_exit(Duration::from_secs(60));
+        assert_eq!(status.code(), Some(0), "{}", guest.text());
+        let text = guest.text();
+        let ms = |disk: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.split(&format!("blk-rate: {disk} ")).nth(1))
+                .and_then(|r| r.trim_end_matches(" ms").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no figure for {disk}:\n{text}"))
+        };
+        let (limited_ms, free_ms) = (ms("vda"), ms("vdb"));
+        let rate = 4.0 * 1048576.0 / (limited_ms / 1000.0);
+        println!(
+            "lab figure: 4 MiB read from a disk limited to 1 MiB/s at {:.3} MiB/s ({limited_ms:.0} ms); unlimited {:.1} MiB/s ({free_ms:.0} ms)",
+            rate / 1048576.0,
+            4000.0 / free_ms.max(1.0)
+        );
+        assert!((0.9 * LIMIT..=1.1 * LIMIT).contains(&rate), "{rate} B/s against {LIMIT}");
+        assert!(free_ms < limited_ms / 2.0, "the unlimited disk is not held back");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,8 +5,9 @@
 use std::path::Path;
 
 pub use carapace_vmm_config::{
-    parse_mac, BlockConfig, ConfigError, FsCache, FsConfig, HostChecks, JailConfig, Limits,
-    NetConfig, Serial, VmConfig, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    parse_mac, BlockConfig, BucketConfig, ConfigError, FsCache, FsConfig, HostChecks, JailConfig,
+    Limits, NetConfig, RateLimitConfig, Serial, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+    MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 
 use crate::arch::mptable::MAX_VCPUS;
@@ -115,6 +116,7 @@ mod tests {
                 c.block.push(BlockConfig {
                     path: "/nonexistent".into(),
                     read_only: false,
+                    rate_limit: None,
                 })
             },
             "block[0].path",
@@ -125,6 +127,8 @@ mod tests {
                     tap: Some("tap0".into()),
                     tap_fd: None,
                     mac: Some("zz".into()),
+                    rx_rate_limit: None,
+                    tx_rate_limit: None,
                 })
             },
             "net[0].mac",
@@ -135,6 +139,8 @@ mod tests {
                     tap: None,
                     tap_fd: None,
                     mac: None,
+                    rx_rate_limit: None,
+                    tx_rate_limit: None,
                 })
             },
             "net[0]",

@@ -412,6 +412,7 @@ mod tests {
         config.block.push(crate::config::BlockConfig {
             path: "/d/disk.img".into(),
             read_only: true,
+            rate_limit: None,
         });
         let c = contents(&config);
         assert_eq!(

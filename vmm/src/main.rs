@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use carapace_vmm::api::ApiServer;
 use carapace_vmm::config::Validate;
 use carapace_vmm::config::{
-    BlockConfig, FsCache, FsConfig, NetConfig, Serial, VmConfig, VsockConfig,
+    BlockConfig, BucketConfig, FsCache, FsConfig, NetConfig, Serial, VmConfig, VsockConfig,
 };
 use carapace_vmm::jail::{self, Jail};
 use carapace_vmm::seccomp::Thread;
@@ -24,7 +24,7 @@ use carapace_vmm_config::status;
 
 const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
        [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
-       [--api-socket PATH] [--block PATH[,ro]]... [--net TAP[,mac=MAC]|fd=N[,mac=MAC]]...
+       [--api-socket PATH] [--block PATH[,ro][,bps=N][,iops=N]]... [--net TAP[,mac=MAC]|fd=N[,mac=MAC]]...
        [--vsock CID,PATH] [--rng] [--fs TAG,PATH[,cache=never|auto|always][,ro][,devices]]...
        [--seccomp on|off]
 Flags override the config file's values; --block, --net and --fs add to its devices.
@@ -130,20 +130,44 @@ fn parse_args(args: Vec<String>) -> Result<VmConfig, UsageError> {
             }
             "--api-socket" => config.api_socket = Some(v.into()),
             "--block" => {
-                let (path, ro) = match v.strip_suffix(",ro") {
-                    Some(p) => (p, true),
-                    None => (v.as_str(), false),
-                };
-                config.block.push(BlockConfig {
+                // PATH[,ro][,bps=N][,iops=N]
+                let mut parts = v.split(',');
+                let path = parts.next().unwrap_or_default();
+                let mut block = BlockConfig {
                     path: path.into(),
-                    read_only: ro,
-                });
+                    read_only: false,
+                    rate_limit: None,
+                };
+                for part in parts {
+                    let per_second = |n: &str| {
+                        n.parse()
+                            .map(BucketConfig::per_second)
+                            .map_err(|_| UsageError(format!("--block: `{part}` is not a number")))
+                    };
+                    if part == "ro" {
+                        block.read_only = true;
+                    } else if let Some(n) = part.strip_prefix("bps=") {
+                        let b = per_second(n)?;
+                        block
+                            .rate_limit
+                            .get_or_insert_with(Default::default)
+                            .bandwidth = Some(b);
+                    } else if let Some(n) = part.strip_prefix("iops=") {
+                        let b = per_second(n)?;
+                        block.rate_limit.get_or_insert_with(Default::default).ops = Some(b);
+                    } else {
+                        return Err(UsageError(format!("--block: unknown option `{part}`")));
+                    }
+                }
+                config.block.push(block);
             }
             "--net" => {
                 let mut net = NetConfig {
                     tap: None,
                     tap_fd: None,
                     mac: None,
+                    rx_rate_limit: None,
+                    tx_rate_limit: None,
                 };
                 for part in v.split(',') {
                     if let Some(mac) = part.strip_prefix("mac=") {
@@ -408,6 +432,23 @@ mod tests {
         assert_eq!(c.kernel, PathBuf::from("/k"));
         assert_eq!((c.vcpus, c.memory_mib), (2, 256));
         assert!(c.block[0].read_only);
+        let limited = parse_args(args(&[
+            "--kernel",
+            "/k",
+            "--block",
+            "/d,bps=1000000,iops=50",
+        ]))
+        .unwrap();
+        let limit = limited.block[0].rate_limit.clone().unwrap();
+        assert_eq!(limit.bandwidth, Some(BucketConfig::per_second(1_000_000)));
+        assert_eq!(
+            limit.ops,
+            Some(BucketConfig {
+                size: 5,
+                refill_time_ms: 100
+            })
+        );
+        assert!(parse_args(args(&["--kernel", "/k", "--block", "/d,fast"])).is_err());
         assert_eq!(c.net[0].tap.as_deref(), Some("tap0"));
         assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
         assert!(c.rng);

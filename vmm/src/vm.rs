@@ -348,7 +348,13 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
     use crate::devices::{blk::Block, net::Net, rng::Rng, vsock::Vsock};
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, b) in config.block.iter().enumerate() {
-        let dev = Block::new(&b.path, b.read_only).map_err(device_err(format!("block[{i}]")))?;
+        let mut dev =
+            Block::new(&b.path, b.read_only).map_err(device_err(format!("block[{i}]")))?;
+        if let Some(limit) = &b.rate_limit {
+            dev = dev
+                .with_rate_limit(limit)
+                .map_err(device_err(format!("block[{i}].rate_limit")))?;
+        }
         out.push(Box::new(dev));
     }
     for (i, n) in config.net.iter().enumerate() {
@@ -369,6 +375,7 @@ fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Machi
             }
             (None, None) => unreachable!("validated"),
         }
+        .and_then(|d| d.with_rate_limits(n.rx_rate_limit.as_ref(), n.tx_rate_limit.as_ref()))
         .map_err(device_err(format!("net[{i}]")))?;
         out.push(Box::new(dev));
     }

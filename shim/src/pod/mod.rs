@@ -182,6 +182,7 @@ impl Pod {
         let cgroup = oci.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let result: Result<Arc<Proc>> = async {
             let size = sizing::vm_size(&self.config, &oci)?;
+            let limits = crate::limits::device_limits(&self.config, &oci)?;
             let host_rootfs = self
                 .host
                 .mount_container(&sid, id, &req.rootfs, bundle, &mut oci, self.config.share)
@@ -198,6 +199,7 @@ impl Pod {
                         hostname: hostname.clone(),
                         resolv_conf: resolv_conf.clone(),
                         cgroup: cgroup.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                        limits,
                     };
                     let s = self.host.boot(&self.config, &sid, first).await?;
                     booted = Some(s.clone());

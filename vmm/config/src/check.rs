@@ -99,6 +99,11 @@ impl VmConfig {
         }
         for (i, b) in self.block.iter().enumerate() {
             host.regular_file(&format!("block[{i}].path"), &b.path)?;
+            check_rate_limit(&format!("block[{i}].rate_limit"), b.rate_limit.as_ref())?;
+        }
+        for (i, n) in self.net.iter().enumerate() {
+            check_rate_limit(&format!("net[{i}].rx_rate_limit"), n.rx_rate_limit.as_ref())?;
+            check_rate_limit(&format!("net[{i}].tx_rate_limit"), n.tx_rate_limit.as_ref())?;
         }
         for (i, n) in self.net.iter().enumerate() {
             match (&n.tap, n.tap_fd) {
@@ -217,6 +222,22 @@ impl VmConfig {
     }
 }
 
+/// A bucket holds at least one token and refills in at least a millisecond.
+fn check_rate_limit(key: &str, limit: Option<&crate::RateLimitConfig>) -> Result<(), ConfigError> {
+    let Some(l) = limit else { return Ok(()) };
+    for (name, b) in [("bandwidth", &l.bandwidth), ("ops", &l.ops)] {
+        if let Some(b) = b {
+            if b.size == 0 || b.refill_time_ms == 0 {
+                return Err(bad(
+                    format!("{key}.{name}"),
+                    "size and refill_time_ms must be at least 1",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bad(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
     ConfigError::new(key, why)
 }
@@ -298,11 +319,14 @@ mod tests {
         c.block.push(BlockConfig {
             path: "/d".into(),
             read_only: false,
+            rate_limit: None,
         });
         c.net.push(NetConfig {
             tap: Some("tap0".into()),
             tap_fd: None,
             mac: Some("02:00:00:00:00:01".into()),
+            rx_rate_limit: None,
+            tx_rate_limit: None,
         });
         c.vsock = Some(VsockConfig {
             cid: 3,
@@ -340,6 +364,30 @@ mod tests {
             4,
             "the pass stops at the first problem"
         );
+    }
+
+    #[test]
+    fn an_empty_bucket_is_refused() {
+        let mut c = devices();
+        c.block[0].rate_limit = Some(crate::RateLimitConfig {
+            bandwidth: Some(crate::BucketConfig {
+                size: 0,
+                refill_time_ms: 100,
+            }),
+            ops: None,
+        });
+        let e = c.check(&LIMITS, &FakeHost::default()).unwrap_err();
+        assert_eq!(e.key, "block[0].rate_limit.bandwidth");
+        c.block[0].rate_limit = None;
+        c.net[0].tx_rate_limit = Some(crate::RateLimitConfig {
+            bandwidth: None,
+            ops: Some(crate::BucketConfig {
+                size: 1,
+                refill_time_ms: 0,
+            }),
+        });
+        let e = c.check(&LIMITS, &FakeHost::default()).unwrap_err();
+        assert_eq!(e.key, "net[0].tx_rate_limit.ops");
     }
 
     #[test]

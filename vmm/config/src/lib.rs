@@ -15,8 +15,9 @@ pub mod status;
 
 pub use check::{HostChecks, Limits};
 pub use schema::{
-    parse_mac, BlockConfig, FsCache, FsConfig, JailConfig, NetConfig, Serial, VmConfig,
-    VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    parse_mac, BlockConfig, BucketConfig, FsCache, FsConfig, JailConfig, NetConfig,
+    RateLimitConfig, Serial, VmConfig, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB,
+    MIN_MEMORY_MIB,
 };
 
 /// A configuration the VMM refuses, naming the key at fault.

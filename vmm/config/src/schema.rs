@@ -129,6 +129,43 @@ pub struct BlockConfig {
     /// Refuse guest writes.
     #[serde(default)]
     pub read_only: bool,
+    /// Limits on the guest's requests (bytes, operations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A device queue's rate limits, as Firecracker's: a token bucket for bytes, one for
+/// operations (requests, frames), either or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BucketConfig>,
+    /// Operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<BucketConfig>,
+}
+
+/// A token bucket: `size` tokens, refilled continuously at `size` per `refill_time_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// Tokens the bucket holds when full (the burst).
+    pub size: u64,
+    /// Milliseconds to refill it from empty.
+    pub refill_time_ms: u64,
+}
+
+impl BucketConfig {
+    /// The bucket for `per_second` tokens a second, refilled every 100 ms (smooth at that
+    /// scale, bursts of a tenth of a second).
+    pub fn per_second(per_second: u64) -> BucketConfig {
+        BucketConfig {
+            size: (per_second / 10).max(1),
+            refill_time_ms: 100,
+        }
+    }
 }
 
 /// A network device backed by a tap interface.
@@ -144,6 +181,12 @@ pub struct NetConfig {
     /// The guest's MAC address ("aa:bb:cc:dd:ee:ff").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Limits on what the guest receives (bytes, frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limit: Option<RateLimitConfig>,
+    /// Limits on what the guest sends (bytes, frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limit: Option<RateLimitConfig>,
 }
 
 /// The vsock device and its host-side Unix socket.
@@ -265,10 +308,12 @@ mod tests {
                 BlockConfig {
                     path: "/d0".into(),
                     read_only: true,
+                    rate_limit: None,
                 },
                 BlockConfig {
                     path: "/d1".into(),
                     read_only: false,
+                    rate_limit: None,
                 },
             ],
             net: vec![
@@ -276,11 +321,15 @@ mod tests {
                     tap: Some("tap0".into()),
                     tap_fd: None,
                     mac: Some("02:00:00:00:00:01".into()),
+                    rx_rate_limit: None,
+                    tx_rate_limit: None,
                 },
                 NetConfig {
                     tap: None,
                     tap_fd: Some(7),
                     mac: None,
+                    rx_rate_limit: None,
+                    tx_rate_limit: None,
                 },
             ],
             vsock: Some(VsockConfig {
@@ -383,7 +432,9 @@ mod tests {
             NetConfig {
                 tap: None,
                 tap_fd: None,
-                mac: None
+                mac: None,
+                rx_rate_limit: None,
+                tx_rate_limit: None,
             }
         );
         assert_eq!(c.fs[0].cache, FsCache::Never);

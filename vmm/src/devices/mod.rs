@@ -5,6 +5,7 @@ pub mod blk;
 pub mod fs;
 pub mod legacy;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 pub mod virtio;
 pub mod vsock;

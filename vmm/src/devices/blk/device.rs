@@ -15,6 +15,10 @@ use virtio_queue::{Queue, QueueT};
 
 use super::request::{self, Disk, Outcome};
 use super::{QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
+use event_manager::{EventOps, EventSet, Events};
+
+use crate::config::RateLimitConfig;
+use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::virtio::common::VirtioCommon;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, DeviceCounters, GuestMemory, Interrupt, LogCounter,
@@ -34,7 +38,14 @@ pub struct Block {
     counters: DeviceCounters,
     /// Host-side failures so far, to rate-limit their logs.
     io_errors: LogCounter,
+    /// Limits on the guest's requests, if any.
+    limiter: Option<RateLimiter>,
+    /// The limiter's timer is in the event loop (registrations outlive resets).
+    registered: bool,
 }
+
+/// Event data of the rate limiter's timer.
+const RATE_EVENT: u32 = 1;
 
 impl Block {
     /// Opens `path` as the disk, for reading and writing unless `read_only`. Its capacity is
@@ -84,7 +95,15 @@ impl Block {
             config,
             counters: DeviceCounters::default(),
             io_errors: LogCounter::default(),
+            limiter: None,
+            registered: false,
         })
+    }
+
+    /// Limits the guest's requests as `config` says.
+    pub fn with_rate_limit(mut self, config: &RateLimitConfig) -> io::Result<Block> {
+        self.limiter = RateLimiter::new(config)?;
+        Ok(self)
     }
 
     /// Size of the disk in 512-byte sectors.
@@ -110,9 +129,23 @@ impl Block {
         let queue = &mut active.queues[0];
         let mem = &active.mem;
         let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            // Over its limit, the queue waits for the limiter's timer.
+            if self.limiter.as_mut().is_some_and(|l| !l.ready()) {
+                break;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             let done = request::serve(&self.disk, mem, chain);
+            if let Some(l) = self.limiter.as_mut() {
+                let bytes = match done.outcome {
+                    Outcome::Done { bytes } => bytes,
+                    _ => 0,
+                };
+                l.charge(bytes);
+            }
             match done.outcome {
                 Outcome::Done { bytes } => self.counters.completed(bytes),
                 Outcome::Failed(e) => {
@@ -175,6 +208,26 @@ impl VirtioDevice for Block {
         if index != 0 {
             log::warn!("blk: notification for queue {index}, which does not exist");
             return;
+        }
+        self.process_requests();
+    }
+
+    fn register_backend(&mut self, ops: &mut EventOps) {
+        let Some(l) = self.limiter.as_ref().filter(|_| !self.registered) else {
+            return;
+        };
+        match ops.add(Events::with_data(l.timer(), RATE_EVENT, EventSet::IN)) {
+            Ok(()) => self.registered = true,
+            Err(e) => log::error!("blk: cannot watch the rate limiter's timer: {e}"),
+        }
+    }
+
+    fn process_backend(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() != RATE_EVENT {
+            return;
+        }
+        if let Some(l) = self.limiter.as_mut() {
+            l.timer_fired();
         }
         self.process_requests();
     }

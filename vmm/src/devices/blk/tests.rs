@@ -587,3 +587,39 @@ fn activation_needs_one_queue_and_reset_drops_it() {
     dev.process_queue(0);
     assert_eq!(used_count(&vq), 1);
 }
+
+#[test]
+fn a_rate_limited_disk_serves_no_more_than_its_operations_per_refill() {
+    let disk = TempDisk::new("rate", 1);
+    let limit = crate::config::RateLimitConfig {
+        bandwidth: None,
+        ops: Some(crate::config::BucketConfig {
+            size: 2,
+            refill_time_ms: 300,
+        }),
+    };
+    let mut dev = Block::new(disk.path(), false)
+        .unwrap()
+        .with_rate_limit(&limit)
+        .unwrap();
+    let mem = guest_memory();
+    let vq = MockSplitQueue::new(&mem, 256);
+    activate(&mut dev, &mem, &[&vq]);
+    for i in 0..3u64 {
+        let (hdr, status) = (HDR + i * 0x100, STATUS + i * 0x100);
+        header(&mem, hdr, VIRTIO_BLK_T_FLUSH, 0);
+        add_chain(&vq, (i * 2) as u16, &[(hdr, 16, false), (status, 1, true)]);
+    }
+    dev.process_queue(0);
+    assert_eq!(used_count(&vq), 2, "two operations in the bucket");
+    dev.process_queue(0);
+    assert_eq!(
+        used_count(&vq),
+        2,
+        "a kick before the refill changes nothing"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    dev.process_queue(0);
+    assert_eq!(used_count(&vq), 3, "a token after a third of the refill");
+    assert_eq!(counter(&dev.counters().requests), 3);
+}

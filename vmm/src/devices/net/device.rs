@@ -16,6 +16,8 @@ use super::{
     tap, ETH_HLEN, MAX_DESCRIPTORS, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TAP_EVENT, TX_QUEUE,
     VNET_HDR_LEN,
 };
+use crate::config::RateLimitConfig;
+use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::virtio::chain::{check_chain, in_guest_memory, ChainError, Layout};
 use crate::devices::virtio::common::VirtioCommon;
 use crate::devices::virtio::{
@@ -52,6 +54,10 @@ enum NetChainError {
     },
 }
 
+/// Event data of the rx and tx rate limiters' timers (the tap's is [`TAP_EVENT`]).
+const RX_RATE_EVENT: u32 = TAP_EVENT + 1;
+const TX_RATE_EVENT: u32 = TAP_EVENT + 2;
+
 /// A virtio-net device backed by a tap.
 #[derive(Debug)]
 pub struct Net {
@@ -72,6 +78,11 @@ pub struct Net {
     registered: bool,
     /// An error or hang-up of the tap was logged.
     warned_tap_state: bool,
+    /// Limits on what the guest receives, and on what it sends.
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
+    /// The limiters' timers are in the event loop.
+    timers_registered: bool,
 }
 
 impl Net {
@@ -114,7 +125,21 @@ impl Net {
             dropped_frames: LogCounter::default(),
             registered: false,
             warned_tap_state: false,
+            rx_limiter: None,
+            tx_limiter: None,
+            timers_registered: false,
         }
+    }
+
+    /// Limits what the guest receives (`rx`) and sends (`tx`), as the configurations say.
+    pub fn with_rate_limits(
+        mut self,
+        rx: Option<&RateLimitConfig>,
+        tx: Option<&RateLimitConfig>,
+    ) -> io::Result<Net> {
+        self.rx_limiter = rx.map(RateLimiter::new).transpose()?.flatten();
+        self.tx_limiter = tx.map(RateLimiter::new).transpose()?.flatten();
+        Ok(self)
     }
 
     /// The tap's interface name.
@@ -150,10 +175,20 @@ impl Net {
         let tx = &mut active.queues[TX_QUEUE];
         let mem = &active.mem;
         let mut used_any = false;
-        while let Some(chain) = tx.pop_descriptor_chain(mem) {
+        loop {
+            // Over its limit, the tx queue waits for the limiter's timer.
+            if self.tx_limiter.as_mut().is_some_and(|l| !l.ready()) {
+                break;
+            }
+            let Some(chain) = tx.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             match gather(mem, chain, &mut self.tx_frame) {
                 Ok(len) => {
+                    if let Some(l) = self.tx_limiter.as_mut() {
+                        l.charge((len - VNET_HDR_LEN) as u64);
+                    }
                     // No offload was negotiated: the header carries nothing the tap may act on.
                     self.tx_frame[..VNET_HDR_LEN].fill(0);
                     match (&self.tap).write(&self.tx_frame[..len]) {
@@ -193,6 +228,10 @@ impl Net {
         let mem = &active.mem;
         let mut used_any = false;
         loop {
+            // Over its limit, frames wait in the tap (or in hand) for the limiter's timer.
+            if self.rx_limiter.as_mut().is_some_and(|l| !l.ready()) {
+                break;
+            }
             if self.rx_frame_len == 0 {
                 match (&self.tap).read(&mut self.rx_frame) {
                     // End of file: not a tap state, but a stand-in's; nothing to read.
@@ -227,6 +266,9 @@ impl Net {
             let used_len = match scatter(mem, chain, &mut self.rx_frame[..frame_len]) {
                 Ok(()) => {
                     self.counters.completed((frame_len - VNET_HDR_LEN) as u64);
+                    if let Some(l) = self.rx_limiter.as_mut() {
+                        l.charge((frame_len - VNET_HDR_LEN) as u64);
+                    }
                     self.rx_frame_len = 0;
                     // frame_len <= MAX_FRAME_LEN.
                     frame_len as u32
@@ -383,6 +425,22 @@ impl VirtioDevice for Net {
     }
 
     fn register_backend(&mut self, ops: &mut EventOps) {
+        if !self.timers_registered {
+            for (l, data) in [
+                (&self.rx_limiter, RX_RATE_EVENT),
+                (&self.tx_limiter, TX_RATE_EVENT),
+            ] {
+                if let Some(l) = l {
+                    if let Err(e) = ops.add(Events::with_data(l.timer(), data, EventSet::IN)) {
+                        log::error!(
+                            "net {}: cannot watch a rate limiter's timer: {e}",
+                            self.tap_name
+                        );
+                    }
+                }
+            }
+            self.timers_registered = true;
+        }
         if self.registered {
             return;
         }
@@ -401,6 +459,23 @@ impl VirtioDevice for Net {
     }
 
     fn process_backend(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            RX_RATE_EVENT => {
+                if let Some(l) = self.rx_limiter.as_mut() {
+                    l.timer_fired();
+                }
+                self.process_rx();
+                return;
+            }
+            TX_RATE_EVENT => {
+                if let Some(l) = self.tx_limiter.as_mut() {
+                    l.timer_fired();
+                }
+                self.process_tx();
+                return;
+            }
+            _ => {}
+        }
         if events.data() != TAP_EVENT {
             log::debug!("net: event for unknown data {}", events.data());
             return;
