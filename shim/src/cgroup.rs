@@ -97,6 +97,12 @@ pub fn resolve(root: &Path, cgroups_path: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Whether `dir` is a cgroup2 file system (CGROUP2_SUPER_MAGIC).
+fn is_cgroup2(dir: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+}
+
 impl PodCgroup {
     /// Resolves `cgroups_path` under [`CGROUP_ROOT`] and makes what is missing of it.
     pub fn make(cgroups_path: &str) -> Result<PodCgroup> {
@@ -109,6 +115,12 @@ impl PodCgroup {
             return Err(ShimError::FailedPrecondition(format!(
                 "cgroupsPath {cgroups_path:?}: no cgroup hierarchy at {}",
                 root.display()
+            )));
+        }
+        if root == Path::new(CGROUP_ROOT) && !is_cgroup2(root) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cgroupsPath {cgroups_path:?}: {CGROUP_ROOT} is not a cgroup v2 hierarchy \
+                 (carapace places pod VMs on cgroup v2 only)"
             )));
         }
         let mut cg = PodCgroup {

@@ -482,12 +482,21 @@ fn one_boot(run: &Run, vmm: Vmm, boot: u32, tally: &mut Tally) -> Outcome {
                 .enable_all()
                 .build()
                 .unwrap();
+            // A watchdog over the whole boot: one run stopped making progress after 100 boots
+            // of each VMM with the lab idle (session 8), in a wait this did not bound.
+            let limit = Duration::from_secs(60 + 30 * u64::from(cycles_per_boot));
             let result = rt.block_on(async {
-                let c = vmm
-                    .connect(&dir)
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                cycles(&c, boot, cycles_per_boot, &mut tally.cycles).await
+                let work = async {
+                    let c = vmm
+                        .connect(&dir)
+                        .await
+                        .map_err(|e| format!("connect: {e}"))?;
+                    cycles(&c, boot, cycles_per_boot, &mut tally.cycles).await
+                };
+                match tokio::time::timeout(limit, work).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("watchdog: deadline elapsed after {limit:?}")),
+                }
             });
             match result {
                 Ok(()) => Outcome::Completed,

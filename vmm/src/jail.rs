@@ -10,10 +10,10 @@
 //!    then `pivot_root` into a private tmpfs holding only what the VM needs, each at its host
 //!    path: the kernel, initramfs and disk images and /dev/kvm bound read-only where they can
 //!    be, a /proc, the directories of the VMM's sockets and console, and each virtio-fs share
-//!    with the mounts below it.
+//!    with the mounts below it; resource limits.
 //! 2. [`Jail::seal`], once the machine is built (every file, device and socket open): what
-//!    was needed only to open (kernel, initramfs, disks, /dev/kvm, /proc) is unmounted and
-//!    removed, the root made read-only, resource limits set, the unprivileged user taken
+//!    was needed only to open (kernel, initramfs, disks, /dev/kvm, /proc but its
+//!    `/proc/self/fd` and `mountinfo`) is unmounted and removed, the root made read-only, the unprivileged user taken
 //!    when there is no share, the capability sets cut to what the virtio-fs passthrough needs
 //!    to act for the guest's users, and no_new_privs set.
 //!
@@ -147,17 +147,33 @@ pub struct Jail {
     temporary: Vec<PathBuf>,
 }
 
-/// /proc, mounted in the jail until the machine is built (fuse-backend-rs opens
-/// /proc/self/fd, and the VMM /proc/self/smaps, once, to keep).
-const PROC: &str = "/proc";
+/// A /proc mounted in the jail until it is sealed, apart from the jail's /proc.
+const PROC_TMP: &str = "/.proc";
+
+/// Waits until `task_dir` (a /proc/<pid>/task) lists one thread: a thread just joined is
+/// listed until the kernel has released it (the VMM's bind_private joins one right before
+/// the seal).
+fn one_thread(task_dir: &Path) -> Result<(), JailError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let threads = std::fs::read_dir(task_dir).map_or(0, |d| d.count());
+        if threads == 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(JailError::Threads(threads));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
 
 impl Jail {
     /// Step 1 (see the module's documentation).
     pub fn enter(config: &JailConfig, contents: &Contents) -> Result<Jail, JailError> {
-        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
-        if threads != 1 {
-            return Err(JailError::Threads(threads));
-        }
+        one_thread(Path::new("/proc/self/task"))?;
+        // Before the machine is built: the fs device sizes its descriptor bounds by the open
+        // file limit in force.
+        limits(config)?;
         if !config.root.is_dir() {
             return Err(JailError::Sys {
                 what: format!("the root {} is not a directory", config.root.display()),
@@ -228,11 +244,30 @@ impl Jail {
             remount(&target, flags)?;
             temporary.push(file.clone());
         }
-        let proc_dir = inside(Path::new(PROC));
-        make_dir(&proc_dir)?;
-        mount(Some("proc"), &proc_dir, Some("proc"), hidden, None::<&str>)
+        // /proc: a temporary one, and of it the VMM's own descriptors at /proc/self/fd for
+        // good (fuse-backend-rs reaches the files it holds by /proc/self/fd/N, for xattrs by
+        // that path), its /proc/self/mountinfo, and /proc/self/smaps until the machine has
+        // opened it.
+        let proc_tmp = inside(Path::new(PROC_TMP));
+        make_dir(&proc_tmp)?;
+        mount(Some("proc"), &proc_tmp, Some("proc"), hidden, None::<&str>)
             .map_err(sys("mounting /proc in the jail"))?;
-        temporary.push(PathBuf::from(PROC));
+        let pid = std::process::id().to_string();
+        let fd_dir = inside(Path::new("/proc/self/fd"));
+        make_dir(&fd_dir)?;
+        bind(&proc_tmp.join(&pid).join("fd"), &fd_dir, MsFlags::empty())?;
+        remount(&fd_dir, hidden)?;
+        // fuse-backend-rs reads /proc/self/mountinfo (the share's mount id), kept too.
+        for (name, keep) in [("mountinfo", true), ("smaps", false)] {
+            let at = Path::new("/proc/self").join(name);
+            let target = inside(&at);
+            make_file(&target)?;
+            bind(&proc_tmp.join(&pid).join(name), &target, MsFlags::empty())?;
+            if !keep {
+                temporary.push(at);
+            }
+        }
+        temporary.push(PathBuf::from(PROC_TMP));
 
         // pivot_root(".", "."): the old root ends up mounted over the new one, and is detached.
         chdir(root).map_err(sys(format!("chdir {}", root.display())))?;
@@ -248,10 +283,7 @@ impl Jail {
     /// Step 2 (see the module's documentation). `shares`: whether the VMM serves virtio-fs
     /// (it then keeps [`FS_CAPABILITIES`], and stays root).
     pub fn seal(self, shares: bool) -> Result<(), JailError> {
-        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
-        if threads != 1 {
-            return Err(JailError::Threads(threads));
-        }
+        one_thread(&Path::new(PROC_TMP).join("self/task"))?;
         for path in self.temporary.iter().rev() {
             umount2(path, MntFlags::MNT_DETACH)
                 .map_err(sys(format!("unmounting {}", path.display())))?;
@@ -270,7 +302,6 @@ impl Jail {
         )
         .map_err(sys("remounting the root read-only"))?;
         let jail = &self.config;
-        limits(jail)?;
         if let (Some(uid), Some(gid)) = (jail.uid, jail.gid) {
             // Checked by the configuration: never with shares, never 0. Changing the real,
             // effective and saved ids of a process with one thread clears every capability.
@@ -397,6 +428,8 @@ fn limits(jail: &JailConfig) -> Result<(), JailError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     #[test]
@@ -476,8 +509,8 @@ mod tests {
                 if std::fs::write(&kernel, "x").is_ok() {
                     return Err("the kernel is writable".into());
                 }
-                if !Path::new("/proc/self/fd").exists() {
-                    return Err("no /proc before the seal".into());
+                if !Path::new("/proc/self/fd").exists() || !Path::new("/proc/self/smaps").exists() {
+                    return Err("no /proc/self before the seal".into());
                 }
                 j.seal(true).map_err(|e| format!("{e:?}"))?;
                 drop(kept_open);
@@ -486,8 +519,34 @@ mod tests {
                     .map(|e| e.unwrap().file_name())
                     .collect();
                 let first = sockets.components().nth(1).unwrap().as_os_str().to_owned();
-                if top != [first] {
+                let mut top = top;
+                top.sort();
+                let mut want = vec![std::ffi::OsString::from("proc"), first];
+                want.sort();
+                if top != want {
                     return Err(format!("the sealed root holds {top:?}"));
+                }
+                // The VMM's own descriptors stay reachable by /proc/self/fd/N (the
+                // passthrough's xattr calls use that path): ENODATA, not ENOENT.
+                let held = std::fs::File::open(share.join("shared")).map_err(|e| e.to_string())?;
+                let by_fd =
+                    std::ffi::CString::new(format!("/proc/self/fd/{}", held.as_raw_fd())).unwrap();
+                let mut buf = [0u8; 8];
+                // SAFETY: valid C strings and buffer.
+                let r = unsafe {
+                    libc::getxattr(
+                        by_fd.as_ptr(),
+                        c"user.none".as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                };
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                if r >= 0 || errno == Some(libc::ENOENT) {
+                    return Err(format!("getxattr by /proc/self/fd: {r}, {errno:?}"));
+                }
+                if Path::new("/proc/self/smaps").exists() || Path::new("/.proc").exists() {
+                    return Err("the temporary /proc is still there".into());
                 }
                 let read = |p: PathBuf| std::fs::read_to_string(p).ok();
                 if read(sockets.join("kept")).as_deref() != Some("here")
@@ -495,7 +554,7 @@ mod tests {
                 {
                     return Err("a kept directory is not there".into());
                 }
-                if kernel.exists() || Path::new("/proc/self").exists() {
+                if kernel.exists() {
                     return Err("an open-only path is still there".into());
                 }
                 if std::fs::write("/planted", "x").is_ok() {

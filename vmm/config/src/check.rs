@@ -233,6 +233,13 @@ fn check_rate_limit(key: &str, limit: Option<&crate::RateLimitConfig>) -> Result
                     "size and refill_time_ms must be at least 1",
                 ));
             }
+            // Bounds that keep the bucket's arithmetic (tokens times nanoseconds) exact.
+            if b.size > 1 << 40 || b.refill_time_ms > 3_600_000 {
+                return Err(bad(
+                    format!("{key}.{name}"),
+                    "at most 2^40 tokens and an hour of refill",
+                ));
+            }
         }
     }
     Ok(())

@@ -158,12 +158,19 @@ pub struct BucketConfig {
 }
 
 impl BucketConfig {
-    /// The bucket for `per_second` tokens a second, refilled every 100 ms (smooth at that
-    /// scale, bursts of a tenth of a second).
+    /// The bucket for exactly `per_second` tokens a second: refilled every 100 ms (bursts
+    /// of a tenth of a second) when that divides it, else every second.
     pub fn per_second(per_second: u64) -> BucketConfig {
-        BucketConfig {
-            size: (per_second / 10).max(1),
-            refill_time_ms: 100,
+        if per_second >= 10 && per_second % 10 == 0 {
+            BucketConfig {
+                size: per_second / 10,
+                refill_time_ms: 100,
+            }
+        } else {
+            BucketConfig {
+                size: per_second.max(1),
+                refill_time_ms: 1000,
+            }
         }
     }
 }

@@ -86,10 +86,21 @@ impl RateLimiter {
         if bytes.is_none() && ops.is_none() {
             return Ok(None);
         }
+        let timer = TimerFd::new()?;
+        // Non-blocking: an expiry already consumed by a re-arm must not block the event loop
+        // in timer_fired's read.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fd = timer.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         Ok(Some(RateLimiter {
             bytes: bytes.map(bucket),
             ops: ops.map(bucket),
-            timer: TimerFd::new()?,
+            timer,
             armed: None,
         }))
     }
@@ -135,10 +146,15 @@ impl RateLimiter {
         }
     }
 
-    /// The timer fired (event loop): the device may serve again.
+    /// The timer fired (event loop): the device may serve again. (A stale event, its expiry
+    /// consumed by a re-arm, reads nothing: EAGAIN.)
     pub fn timer_fired(&mut self) {
-        let _ = self.timer.wait();
-        self.armed = None;
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into our buffer from our non-blocking timerfd.
+        unsafe { libc::read(self.timer.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        if self.armed.is_some_and(|at| Instant::now() >= at) {
+            self.armed = None;
+        }
     }
 
     /// The timer's fd, for the event loop.
@@ -215,6 +231,15 @@ mod tests {
         assert!(!l.ready(), "two operations per second");
         assert!(l.armed.is_some());
         assert!(!l.ready(), "armed until the timer fires");
+        // A stale event (the timer not due yet) neither blocks nor disarms.
+        let t = Instant::now();
+        l.timer_fired();
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "timer_fired does not block"
+        );
+        assert!(l.armed.is_some());
+        l.armed = Some(Instant::now());
         l.timer_fired();
         assert!(l.armed.is_none());
         let none = RateLimitConfig {

@@ -176,8 +176,16 @@ const COMMON: &[i64] = &[
 
 /// A vCPU, beyond [`COMMON`]: the eventfds of the exits it serves are written with `write`;
 /// a driver resetting the vsock device (on a guest reboot) drops its connections and
-/// disarms its retry timer from this thread (`epoll_ctl`, `timerfd_settime`, `close`).
-const VCPU: &[i64] = &[libc::SYS_epoll_ctl, libc::SYS_timerfd_settime];
+/// disarms its retry timer from this thread (`epoll_ctl`, `timerfd_settime`, `close`); the
+/// serial console it writes rotates its log file at 4 MiB (`rename`, `openat`, and
+/// `ftruncate` when the rename fails). In a jail those reach the jail's directories only.
+const VCPU: &[i64] = &[
+    libc::SYS_epoll_ctl,
+    libc::SYS_timerfd_settime,
+    libc::SYS_rename,
+    libc::SYS_openat,
+    libc::SYS_ftruncate,
+];
 
 /// The ioctls of a vCPU thread: running it, and reading its registers for the log when the
 /// guest dies.

@@ -69,17 +69,17 @@ fn every_filter_builds_within_the_kernels_limit() {
 #[test]
 fn a_forbidden_syscall_ends_the_vmm_with_sigsys_status_and_names_the_call() {
     let f = filters();
-    // A vCPU has no business opening files.
+    // A vCPU has no business making sockets.
     let (code, err) = in_child(&f, Thread::Vcpu, || {
-        // SAFETY: the path is a valid C string.
-        unsafe { libc::openat(libc::AT_FDCWD, c"/etc/passwd".as_ptr(), libc::O_RDONLY) };
+        // SAFETY: plain-value arguments.
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
         0
     });
     assert_eq!(code, EXIT_BAD_SYSCALL, "{err}");
     assert!(
         err.contains(&format!(
             "the vcpu thread made a forbidden syscall {}",
-            libc::SYS_openat
+            libc::SYS_socket
         )),
         "{err}"
     );
@@ -166,4 +166,27 @@ fn the_api_starts_threads_but_no_process_and_signals_only_its_own() {
         err.contains(&format!("forbidden syscall {}", libc::SYS_tgkill)),
         "{err}"
     );
+}
+
+#[test]
+fn a_vcpu_rotates_the_console_log_under_its_filter() {
+    use std::io::Write;
+    let f = filters();
+    let dir = std::env::temp_dir().join(format!("carapace-seccomp-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("console.log");
+    let mut log = crate::devices::legacy::ConsoleLog::with_cap(&path, 8).unwrap();
+    let (code, err) = in_child(&f, Thread::Vcpu, move || {
+        // Past the cap: the file moves to console.log.1 and a new one starts.
+        for _ in 0..3 {
+            if log.write_all(b"0123456789").is_err() {
+                return 1;
+            }
+        }
+        0
+    });
+    let rotated = std::fs::metadata(dir.join("console.log.1")).is_ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(rotated, "the log was rotated");
 }
