@@ -14,7 +14,8 @@
 //! The path is client input: every component must be a plain name (no `.`, `..`, empty or
 //! NUL), so the cgroup is always below the hierarchy's root. Missing directories are made, as
 //! runc makes them (`ctr` names `/<namespace>/<id>`), and those the shim made are removed at
-//! teardown, deepest first; cgroups it found (the kubelet's pod cgroup) are left.
+//! teardown, deepest first; cgroups it found (the kubelet's pod cgroup) are left. Each parent
+//! of a directory it makes gets its controllers enabled for its children, as runc does.
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
@@ -97,6 +98,21 @@ pub fn resolve(root: &Path, cgroups_path: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Enables in `parent`'s `cgroup.subtree_control` every controller it has, as runc does when
+/// it makes a cgroup, so the pod's cgroup accounts memory, CPU and pids. A controller the
+/// kernel refuses there (a parent with processes of its own, say) is skipped.
+fn delegate_controllers(parent: &Path) {
+    let Ok(available) = std::fs::read_to_string(parent.join("cgroup.controllers")) else {
+        return;
+    };
+    let control = parent.join("cgroup.subtree_control");
+    for c in available.split_whitespace() {
+        if let Err(e) = std::fs::write(&control, format!("+{c}")) {
+            log::debug!("enabling {c} in {}: {e}", control.display());
+        }
+    }
+}
+
 /// Whether `dir` is a cgroup2 file system (CGROUP2_SUPER_MAGIC).
 fn is_cgroup2(dir: &Path) -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -130,7 +146,11 @@ impl PodCgroup {
         let below = dir.strip_prefix(root).unwrap_or(&dir).to_path_buf();
         let mut at = root.to_path_buf();
         for c in below.components() {
+            let parent = at.clone();
             at.push(c);
+            if !at.exists() {
+                delegate_controllers(&parent);
+            }
             match std::fs::create_dir(&at) {
                 Ok(()) => cg.made.push(at.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -226,8 +246,16 @@ mod tests {
     fn what_the_shim_made_it_removes_and_nothing_else() {
         let root = std::env::temp_dir().join(format!("carapace-cg-{}", std::process::id()));
         std::fs::create_dir_all(root.join("kubepods/pod1")).unwrap();
+        std::fs::write(
+            root.join("kubepods/pod1/cgroup.controllers"),
+            "memory pids\n",
+        )
+        .unwrap();
         let made = PodCgroup::make_under(&root, "/kubepods/pod1/sb/leaf").unwrap();
         assert!(made.dir().is_dir());
+        // The parent it found delegates its controllers (a plain file here: the last write).
+        let control = std::fs::read_to_string(root.join("kubepods/pod1/cgroup.subtree_control"));
+        assert_eq!(control.unwrap(), "+pids");
         let again = PodCgroup::make_under(&root, "/kubepods/pod1/sb/leaf").unwrap();
         again.remove();
         assert!(made.dir().is_dir(), "a cgroup the shim did not make stays");

@@ -158,19 +158,16 @@ pub struct BucketConfig {
 }
 
 impl BucketConfig {
-    /// The bucket for exactly `per_second` tokens a second: refilled every 100 ms (bursts
-    /// of a tenth of a second) when that divides it, else every second.
+    /// The bucket for `per_second` tokens a second: a tenth of a second's worth (at least
+    /// one token), refilled in the time that gives that rate (rounded to the millisecond), so
+    /// the burst stays a tenth of a second and the rate is within a millisecond's rounding.
     pub fn per_second(per_second: u64) -> BucketConfig {
-        if per_second >= 10 && per_second % 10 == 0 {
-            BucketConfig {
-                size: per_second / 10,
-                refill_time_ms: 100,
-            }
-        } else {
-            BucketConfig {
-                size: per_second.max(1),
-                refill_time_ms: 1000,
-            }
+        let n = per_second.max(1);
+        let size = (n / 10).max(1);
+        BucketConfig {
+            size,
+            refill_time_ms: ((size as u128 * 1000 + u128::from(n) / 2) / u128::from(n)).max(1)
+                as u64,
         }
     }
 }
@@ -413,6 +410,26 @@ mod tests {
                 "memory_mib": 128, "serial": "stdout", "rng": false})
         );
         assert_eq!(VmConfig::from_json(&v.to_string()).unwrap(), c);
+    }
+
+    #[test]
+    fn a_rate_per_second_is_a_tenth_of_a_second_bucket_near_that_rate() {
+        for (n, size, ms) in [
+            (1_048_576, 104_857, 100),
+            (50, 5, 100),
+            (19, 1, 53),
+            (5, 1, 200),
+            (1, 1, 1000),
+        ] {
+            assert_eq!(
+                BucketConfig::per_second(n),
+                BucketConfig {
+                    size,
+                    refill_time_ms: ms
+                },
+                "{n}"
+            );
+        }
     }
 
     #[test]
