@@ -28,30 +28,7 @@ use crate::vmm::{Block, FsShare, Net, Serial, VmConfig, Vmm, Vsock, GUEST_CID, S
 /// Where every pod's state directory lives (0711: only root lists it; each pod's is 0700).
 pub const STATE_ROOT: &str = "/run/carapace";
 
-/// A pod (sandbox) id that passed the id rule shared with the agent
-/// ([`carapace_protocol::id::check`]): the only kind of id a state path is built from, so
-/// every path below stays a direct child of [`STATE_ROOT`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodId(String);
-
-impl PodId {
-    /// Checks `id` (from containerd: a container id or the CRI sandbox-id annotation).
-    pub fn new(id: &str) -> Result<Self> {
-        crate::spec::check_id("sandbox", id)?;
-        Ok(Self(id.to_string()))
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for PodId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::spec::PodId;
 
 /// The state directory of pod `sid`.
 pub fn state_dir(sid: &PodId) -> PathBuf {

@@ -9,7 +9,6 @@ use oci_spec::runtime::Spec;
 
 use crate::error::{Result, ShimError};
 use crate::hostfs::BindFlags;
-use crate::sandbox::PodId;
 
 /// Where the agent mounts the pod's share inside the guest.
 pub const GUEST_SHARE: &str = "/run/carapace/shared";
@@ -17,6 +16,31 @@ pub const GUEST_SHARE: &str = "/run/carapace/shared";
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// The CRI annotation naming the pod (sandbox) a container belongs to.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A pod (sandbox) id that passed the id rule shared with the agent
+/// ([`carapace_protocol::id::check`]): the only kind of id a state path is built from, so
+/// every path below stays a direct child of [`crate::sandbox::STATE_ROOT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodId(String);
+
+impl PodId {
+    /// Checks `id` (from containerd: a container id or the CRI sandbox-id annotation).
+    pub fn new(id: &str) -> Result<Self> {
+        check_id("sandbox", id)?;
+        Ok(Self(id.to_string()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PodId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The pod a container belongs to: its own (a sandbox or a lone `ctr run` container), or
 /// the one named by its CRI annotations; refused unless it passes the id rule (the
