@@ -8,7 +8,8 @@ use std::process::{Child, Command};
 
 use carapace_protocol::agent::*;
 use carapace_protocol::agent_ttrpc::AgentServiceClient;
-use carapace_protocol::types::{ArpNeighbor, Interface, IpAddress, Route};
+use carapace_protocol::types::{ArpNeighbor, Interface, Route};
+use carapace_tests::agent::{iface, route};
 use serde_json::Value;
 
 mod common;
@@ -118,32 +119,6 @@ fn code<T>(r: ttrpc::Result<T>) -> Code {
         Err(ttrpc::Error::RpcStatus(s)) => s.code(),
         Err(e) => panic!("not an RPC status: {e}"),
         Ok(_) => Code::OK,
-    }
-}
-
-fn iface(name: &str, mac: &str, mtu: u32, addrs: &[(&str, u32)]) -> Interface {
-    Interface {
-        name: name.into(),
-        hw_addr: mac.into(),
-        mtu,
-        addresses: addrs
-            .iter()
-            .map(|(a, p)| IpAddress {
-                address: a.to_string(),
-                prefix_len: *p,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn route(dest: &str, gateway: &str, device: &str) -> Route {
-    Route {
-        dest: dest.into(),
-        gateway: gateway.into(),
-        device: device.into(),
-        ..Default::default()
     }
 }
 

@@ -229,3 +229,36 @@ pub async fn remove(c: &AgentServiceClient, id: &str) -> ttrpc::Result<()> {
     };
     c.remove_container(ctx(), &req).await.map(drop)
 }
+
+/// An agent `Interface` named `name` with MAC `mac`, `mtu` and `addrs` (address, prefix).
+pub fn iface(
+    name: &str,
+    mac: &str,
+    mtu: u32,
+    addrs: &[(&str, u32)],
+) -> carapace_protocol::types::Interface {
+    carapace_protocol::types::Interface {
+        name: name.into(),
+        hw_addr: mac.into(),
+        mtu,
+        addresses: addrs
+            .iter()
+            .map(|(a, p)| carapace_protocol::types::IpAddress {
+                address: a.to_string(),
+                prefix_len: *p,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// An agent `Route` to `dest` through `gateway` on `device` ("" for none).
+pub fn route(dest: &str, gateway: &str, device: &str) -> carapace_protocol::types::Route {
+    carapace_protocol::types::Route {
+        dest: dest.into(),
+        gateway: gateway.into(),
+        device: device.into(),
+        ..Default::default()
+    }
+}

@@ -10,40 +10,15 @@ use std::sync::Mutex;
 use carapace_net::{
     check_ifname, cidr, format_mac, parse_cidr, parse_mac, KernelError, NUD_PERMANENT,
 };
-use carapace_protocol::types::IpAddress;
 use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
 use ttrpc::Code;
+
+use carapace_tests::agent::{iface, route};
 
 use super::*;
 
 fn code<T: fmt::Debug, E: Into<AgentError>>(r: std::result::Result<T, E>) -> Code {
     r.map_err(Into::into).expect_err("expected an error").code()
-}
-
-fn iface(name: &str, mac: &str, mtu: u32, addrs: &[(&str, u32)]) -> Interface {
-    Interface {
-        name: name.into(),
-        hw_addr: mac.into(),
-        mtu,
-        addresses: addrs
-            .iter()
-            .map(|(a, p)| IpAddress {
-                address: a.to_string(),
-                prefix_len: *p,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn route(dest: &str, gw: &str, dev: &str) -> Route {
-    Route {
-        dest: dest.into(),
-        gateway: gw.into(),
-        device: dev.into(),
-        ..Default::default()
-    }
 }
 
 fn c(s: &str) -> Cidr {
