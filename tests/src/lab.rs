@@ -41,9 +41,67 @@ macro_rules! lab_test {
                 $crate::lab::run_self_in_lab(name);
                 return;
             }
+            let _watchdog = $crate::lab::Watchdog::start(stringify!($name));
             $body
         }
     };
+}
+
+/// The exit status of a lab test binary that stopped because the lab can no longer run
+/// tests: a VM process that SIGKILL does not end, or a test past [`TEST_LIMIT`]. It is the
+/// status `tests/lab/run` gives for a lab that crashed, and `tests/lab/test` does the same
+/// for both: it reruns the tests that had not passed in a fresh lab, once, and says so.
+pub const WEDGED: i32 = 125;
+
+/// How long one lab test may run (`CARAPACE_LAB_TEST_LIMIT` seconds to change it). Every wait
+/// of a test has its own, shorter, timeout; this bounds the waits that have none (a child
+/// that will not be reaped, say), so that a wedged test cannot use up the whole lab session.
+pub const TEST_LIMIT: Duration = Duration::from_secs(900);
+
+/// Ends the test binary with [`WEDGED`] after printing `why` and what [`crate::diagnose::lab`]
+/// finds.
+pub fn wedged(why: &str) -> ! {
+    eprintln!(
+        "lab: {why}: the lab is wedged; what it shows:\n{}",
+        crate::diagnose::lab()
+    );
+    eprintln!(
+        "lab: ending the test binary with status {WEDGED} (the lab's tests rerun in a fresh lab)"
+    );
+    std::process::exit(WEDGED)
+}
+
+/// Watches one lab test: past its limit it declares the lab [`wedged`]. Dropping it (the test
+/// ended, passed or not) stops the watch.
+pub struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    /// Starts watching the test `name`.
+    pub fn start(name: &str) -> Watchdog {
+        let limit = std::env::var("CARAPACE_LAB_TEST_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(TEST_LIMIT, Duration::from_secs);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limit) {
+                wedged(&format!(
+                    "the test {name} ran past its limit of {} s",
+                    limit.as_secs()
+                ));
+            }
+        });
+        Watchdog { stop: Some(stop) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, or gives up after `timeout`.

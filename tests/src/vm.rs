@@ -145,8 +145,9 @@ impl Console {
         match self.try_wait_for_line(needle, timeout) {
             Ok(at) => at,
             Err(Ended::Timeout) => panic!(
-                "no line with '{needle}' within {timeout:?}; console:\n{}",
-                self.text
+                "no line with '{needle}' within {timeout:?}; console:\n{}\nthe VM process now:\n{}",
+                self.text,
+                crate::diagnose::vm_process(self.child.id())
             ),
             Err(Ended::Exited(status)) => panic!(
                 "the VM exited ({status}) before printing '{needle}'; console:\n{}",
@@ -228,8 +229,9 @@ impl Console {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     panic!(
-                        "the VM did not exit within {timeout:?}; console:\n{}",
-                        self.text
+                        "the VM did not exit within {timeout:?}; console:\n{}\nthe VM process now:\n{}",
+                        self.text,
+                        crate::diagnose::vm_process(self.child.id())
                     )
                 }
             }
@@ -238,10 +240,21 @@ impl Console {
 }
 
 impl Drop for Console {
+    /// Kills the VM process if it still runs and reaps it. One that SIGKILL does not end
+    /// within 30 s has a thread stuck in the lab's kernel: the lab is [`wedged`](crate::lab::wedged).
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
-            let _ = self.child.wait();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() >= deadline {
+                    crate::lab::wedged(&format!(
+                        "the VM process {} did not end within 30 s of SIGKILL",
+                        self.child.id()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
