@@ -12,6 +12,8 @@
 mod device;
 mod request;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod tests;
 

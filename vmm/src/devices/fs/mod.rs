@@ -31,6 +31,8 @@ mod guard;
 mod memory;
 mod request;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -14,6 +14,8 @@
 mod device;
 mod tap;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod tests;
 

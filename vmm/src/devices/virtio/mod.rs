@@ -11,7 +11,7 @@
 pub mod chain;
 pub mod common;
 pub mod mmio;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod test_utils;
 
 use std::fmt;

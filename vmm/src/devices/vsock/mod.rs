@@ -8,9 +8,11 @@
 //!
 //! Files: `mod.rs` the device and its queues, `packet.rs` the packet header,
 //! `muxer.rs` the sockets and connection table, `connection.rs` one connection's state and
-//! credit, `tests.rs` the tests driving it with mock queues.
+//! credit, `tests.rs` the tests driving it with mock queues, `fuzz.rs` its fuzz target's body.
 
 mod connection;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 mod muxer;
 mod packet;
 #[cfg(test)]

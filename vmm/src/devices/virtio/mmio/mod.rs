@@ -462,5 +462,7 @@ impl MutEventSubscriber for MmioSubscriber {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod tests;
