@@ -18,7 +18,6 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::unistd::Pid;
-use oci_spec::runtime::LinuxResources;
 use tokio::sync::mpsc;
 
 use crate::cgroup;
@@ -378,9 +377,7 @@ impl Containers {
 
     /// Applies new cgroup limits.
     pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
-        let resources: LinuxResources = serde_json::from_slice(resources_json).map_err(|e| {
-            AgentError::InvalidArgument(format!("the resources are not valid: {e}"))
-        })?;
+        let resources = spec::parse_resources(resources_json)?;
         let path = self.cgroup_path(id)?;
         let opt = ControllerOpt {
             resources: &resources,

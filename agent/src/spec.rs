@@ -1,11 +1,13 @@
-//! Rewrites an OCI spec received from the shim into the one the agent runs: rootfs location,
-//! the per-container namespaces, the pod's shared network namespace, the agent's cgroup
-//! layout and the sandbox's hostname/DNS/hosts files. Pure functions, unit-tested.
+//! Parses the OCI JSON the shim sends (spec, exec process, resources) and rewrites a spec into
+//! the one the agent runs: rootfs location, the per-container namespaces, the pod's shared
+//! network namespace, the agent's cgroup layout and the sandbox's hostname/DNS/hosts files.
+//! Pure functions, unit-tested.
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxNamespace, LinuxNamespaceType, Mount, MountBuilder, Process, RootBuilder, Spec,
+    LinuxNamespace, LinuxNamespaceType, LinuxResources, Mount, MountBuilder, Process, RootBuilder,
+    Spec,
 };
 
 use crate::error::{AgentError, Result};
@@ -36,6 +38,12 @@ pub fn parse_process(json: &[u8]) -> Result<Process> {
         .map_err(|e| AgentError::InvalidArgument(format!("the OCI process is not valid: {e}")))?;
     check_process(&process)?;
     Ok(process)
+}
+
+/// Parses UpdateContainer's OCI LinuxResources JSON.
+pub fn parse_resources(json: &[u8]) -> Result<LinuxResources> {
+    serde_json::from_slice(json)
+        .map_err(|e| AgentError::InvalidArgument(format!("the resources are not valid: {e}")))
 }
 
 fn check_process(process: &Process) -> Result<()> {
