@@ -17,7 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use carapace_tests::artifacts::{busybox_image, fs_probe, BUSYBOX_IMAGE};
-use carapace_tests::carapace::{thread_seccomp_modes, vmms_of, Carapace, RUNTIME, STATE_ROOT};
+use carapace_tests::carapace::{
+    parent_of, thread_seccomp_modes, vmms_of, Carapace, RUNTIME, STATE_ROOT,
+};
 use carapace_tests::containerd::{make_temp_dir, mounts_under};
 use carapace_tests::lab::wait_for;
 use carapace_tests::lab_test;
@@ -362,12 +364,24 @@ lab_test! {
         for (name, mode) in &threads {
             assert_eq!(mode, "2", "thread {name} runs under a seccomp filter: {threads:?}");
         }
-        // Its own mount, IPC, UTS and network namespaces.
-        for ns in ["mnt", "ipc", "uts", "net"] {
+        // Its own mount, IPC, UTS, network and PID namespaces: PID 1 in the last.
+        for ns in ["mnt", "ipc", "uts", "net", "pid"] {
             let own = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
             let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
             assert_ne!(own, host, "the VMM has a {ns} namespace of its own");
         }
+        let nspid: Vec<String> = status_field(vmm, "NSpid").split_whitespace().map(String::from).collect();
+        assert_eq!(nspid, [vmm.to_string(), "1".to_string()], "the VMM is PID 1 of its namespace");
+        // Outside it, the process the shim started waits as its supervisor: no capability,
+        // no descriptor but stderr and the VMM's liveness pipe, under a seccomp filter.
+        let supervisor = parent_of(vmm).expect("the VMM's parent");
+        assert!(std::fs::read_to_string(format!("/proc/{supervisor}/cmdline")).unwrap().contains("carapace-vmm"));
+        for (key, want) in [("CapEff", "0000000000000000"), ("CapPrm", "0000000000000000"),
+            ("CapBnd", "0000000000000000"), ("NoNewPrivs", "1"), ("Seccomp", "2")]
+        {
+            assert_eq!(status_field(supervisor, key), want, "the supervisor's {key}");
+        }
+        assert_eq!(std::fs::read_dir(format!("/proc/{supervisor}/fd")).unwrap().count(), 2, "the supervisor's descriptors");
         // A root holding the pod's state directory only, read-only but for it.
         let pod_dir = format!("{STATE_ROOT}/sc1");
         let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();

@@ -16,13 +16,27 @@ pub const RUNTIME: &str = "io.containerd.carapace.v2";
 pub const STATE_ROOT: &str = "/run/carapace";
 
 /// Pids of the carapace-vmm processes running pod `sid` (their command lines name the pod's
-/// state directory).
+/// state directory): the VMMs themselves, not the supervisors their jails leave outside
+/// their PID namespaces (a supervisor is the parent of the VMM, with the same command line).
 pub fn vmms_of(sid: &str) -> Vec<u32> {
     let pod = processes_mentioning(&format!("{STATE_ROOT}/{sid}/"));
-    processes_mentioning("carapace-vmm")
+    let all: Vec<u32> = processes_mentioning("carapace-vmm")
         .into_iter()
         .filter(|p| pod.contains(p))
-        .collect()
+        .collect();
+    let parents: Vec<u32> = all.iter().filter_map(|&p| parent_of(p)).collect();
+    all.into_iter().filter(|p| !parents.contains(p)).collect()
+}
+
+/// The parent of process `pid` (`PPid:` in its status), if it still runs.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Each thread of process `pid`: its name and its `Seccomp:` mode from

@@ -146,7 +146,7 @@ pub fn kvm_exits(pid: u32, sample: Duration) -> String {
         sample.as_secs_f64()
     );
     let mut top: Vec<_> = counts.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|b| std::cmp::Reverse(b.1));
     top.truncate(10);
     let names = symbols(top.iter().map(|((_, rip), _)| rip.as_str()));
     for (((reason, rip), n), name) in top.into_iter().zip(names) {

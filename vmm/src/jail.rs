@@ -17,10 +17,18 @@
 //!    when there is no share, the capability sets cut to what the virtio-fs passthrough needs
 //!    to act for the guest's users, and no_new_privs set.
 //!
-//! Not done here: a PID namespace. The VMM would have to fork for it (a process cannot enter
-//! a new PID namespace itself), leaving a supervisor outside; its seccomp filters already
-//! refuse kill, ptrace and every signal to another process.
+//!
+//! Before both, [`enter_pid_namespace`]: a process cannot move itself into a new PID
+//! namespace, only its children, so the VMM forks. The child, PID 1 of a namespace of its
+//! own (it sees no other process, and no process of the host can be named from it), goes on
+//! to be the VMM; the parent stays outside as its supervisor, as Firecracker's jailer does
+//! with `--new-pid-ns` but without exec: it drops every capability and descriptor, puts
+//! itself under a seccomp filter of a few calls ([`crate::seccomp::supervisor`]), passes
+//! SIGTERM, SIGINT and SIGHUP on to the VMM, and ends as the VMM ended (its exit status, or
+//! the same signal), so the shim that started it sees one process, as without the jail. The
+//! VMM dies with it (PR_SET_PDEATHSIG), so killing the supervisor kills the VM.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability, CapsHashSet};
@@ -165,6 +173,168 @@ fn one_thread(task_dir: &Path) -> Result<(), JailError> {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// Step 0 (see the module's documentation): returns in the child, PID 1 of a new PID
+/// namespace, which goes on to be the VMM; the parent never returns from here (it supervises
+/// the child and exits as it exits). `seccomp`: whether the supervisor filters itself (the
+/// VMM's `seccomp` setting). Call it while the process has one thread.
+pub fn enter_pid_namespace(seccomp: bool) -> Result<(), JailError> {
+    one_thread(Path::new("/proc/self/task"))?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare(PID)"))?;
+    // SIGCHLD blocked before the fork, so the supervisor's sigwait cannot miss a child that
+    // ends at once; the child puts the mask back as it was.
+    // SAFETY: sigset_t is plain data (all zeroes is a valid value).
+    let mut before: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is initialised by sigemptyset before use; the masks are ours.
+    unsafe {
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &chld, &mut before);
+    }
+    // The child's way to see that its supervisor died before PR_SET_PDEATHSIG was in force:
+    // the write end closes with the supervisor.
+    let (alive_r, alive_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    // SAFETY: the process has one thread, so the child may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(alive_r);
+            supervise(child.as_raw(), alive_w.as_raw_fd(), seccomp)
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(alive_w);
+            // SAFETY: prctl and poll take plain values and a pollfd we own; the mask is ours.
+            unsafe {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(JailError::Sys {
+                        what: "PR_SET_PDEATHSIG".into(),
+                        source: nix::Error::last(),
+                    });
+                }
+                let mut fd = libc::pollfd {
+                    fd: alive_r.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                if libc::poll(&mut fd, 1, 0) != 0 {
+                    libc::_exit(carapace_vmm_config::status::ERROR);
+                }
+                libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The supervisor's life (see [`enter_pid_namespace`]). Once its filter is on, it makes
+/// only the system calls the filter allows: no allocation, no std I/O.
+fn supervise(child: libc::pid_t, alive: libc::c_int, seccomp: bool) -> ! {
+    let die = |what: &[u8]| -> ! {
+        // SAFETY: write and kill take plain values and our buffers; the child must not
+        // outlive a supervisor that cannot watch it.
+        unsafe {
+            for part in [b"carapace-vmm: jail supervisor: ".as_slice(), what, b"\n"] {
+                libc::write(2, part.as_ptr().cast(), part.len());
+            }
+            libc::kill(child, libc::SIGKILL);
+            libc::_exit(carapace_vmm_config::status::ERROR)
+        }
+    };
+    // Nothing of the VMM's stays open here but stderr and the child's liveness pipe: stdin
+    // and stdout (a console pipe, say) end with the VMM, not with its supervisor.
+    // SAFETY: closing descriptors this process owns; nothing uses them after.
+    unsafe {
+        libc::close(0);
+        libc::close(1);
+        libc::syscall(libc::SYS_close_range, 3, alive - 1, 0);
+        libc::syscall(libc::SYS_close_range, alive + 1, u32::MAX, 0);
+    }
+    if drop_capabilities(&CapsHashSet::new()).is_err() {
+        die(b"cannot drop its capabilities");
+    }
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) and setrlimit take plain values.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            die(b"cannot set no_new_privs");
+        }
+        // Dying of the child's signal (below) must not leave a core of the supervisor.
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+    }
+    if seccomp {
+        // SAFETY: getpid has no preconditions.
+        let own = unsafe { libc::getpid() };
+        match crate::seccomp::supervisor(child, own) {
+            Ok(program) => {
+                if seccompiler::apply_filter(&program).is_err() {
+                    die(b"cannot install its seccomp filter");
+                }
+            }
+            Err(_) => die(b"cannot build its seccomp filter"),
+        }
+    }
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; sigwait, kill and waitpid
+    // take plain values and our own status word.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, s);
+        }
+        // Blocked already but for SIGCHLD (main blocks the others before the jail): blocked
+        // here again so this does not depend on it.
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            let mut sig = 0;
+            if libc::sigwait(&set, &mut sig) != 0 {
+                continue;
+            }
+            if sig != libc::SIGCHLD {
+                libc::kill(child, sig);
+                continue;
+            }
+            let mut status = 0;
+            if libc::waitpid(child, &mut status, libc::WNOHANG) != child {
+                continue;
+            }
+            if libc::WIFEXITED(status) {
+                libc::_exit(libc::WEXITSTATUS(status));
+            }
+            if libc::WIFSIGNALED(status) {
+                // The same end as the VMM's: its signal, with the default action.
+                let sig = libc::WTERMSIG(status);
+                libc::signal(sig, libc::SIG_DFL);
+                let mut one: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut one);
+                libc::sigaddset(&mut one, sig);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                libc::kill(libc::getpid(), sig);
+                libc::_exit(128 + sig);
+            }
+        }
+    }
+}
+
+/// Cuts every capability set to `kept` (the bounding set first: dropping from it needs
+/// CAP_SETPCAP, which goes with the rest).
+fn drop_capabilities(kept: &CapsHashSet) -> Result<(), JailError> {
+    for cap in caps::all() {
+        if !kept.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(caps_err(format!("dropping {cap} from the bounding set")))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing the ambient set"))?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+        .map_err(caps_err("clearing the inheritable set"))?;
+    caps::set(None, CapSet::Effective, kept).map_err(caps_err("setting the effective set"))?;
+    caps::set(None, CapSet::Permitted, kept).map_err(caps_err("setting the permitted set"))?;
+    Ok(())
 }
 
 impl Jail {
@@ -316,18 +486,7 @@ impl Jail {
         } else {
             CapsHashSet::new()
         };
-        // The bounding set first (dropping from it needs CAP_SETPCAP, which goes next).
-        for cap in caps::all() {
-            if !kept.contains(&cap) {
-                caps::drop(None, CapSet::Bounding, cap)
-                    .map_err(caps_err(format!("dropping {cap} from the bounding set")))?;
-            }
-        }
-        caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing the ambient set"))?;
-        caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
-            .map_err(caps_err("clearing the inheritable set"))?;
-        caps::set(None, CapSet::Effective, &kept).map_err(caps_err("setting the effective set"))?;
-        caps::set(None, CapSet::Permitted, &kept).map_err(caps_err("setting the permitted set"))?;
+        drop_capabilities(&kept)?;
         // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain values.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(JailError::Sys {
@@ -428,8 +587,6 @@ fn limits(jail: &JailConfig) -> Result<(), JailError> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsRawFd;
-
     use super::*;
 
     #[test]
@@ -606,6 +763,161 @@ mod tests {
             Capability::CAP_SYS_RAWIO,
         ] {
             assert!(!FS_CAPABILITIES.contains(&cap), "{cap}");
+        }
+    }
+
+    /// What the VMM in its PID namespace does next, in [`the_pid_namespace_supervisor`].
+    #[derive(Clone, Copy)]
+    enum Then {
+        Exit(i32),
+        ExitOnSigterm(i32),
+        Sleep,
+    }
+
+    /// A process as the shim starts the VMM (the test's child), which enters its PID
+    /// namespace: the supervisor's pid, and the VMM's host pid, which it reports from
+    /// inside (once it has checked that it is PID 1 there).
+    fn start_supervised(then: Then) -> (libc::pid_t, libc::pid_t) {
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::empty()).unwrap();
+        // SAFETY: the child makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            drop(report_r);
+            if let Err(e) = enter_pid_namespace(true) {
+                eprintln!("enter_pid_namespace: {e:?}");
+                // SAFETY: ends the child.
+                unsafe { libc::_exit(99) };
+            }
+            // The VMM: PID 1 here, another number on the host (NSpid: host, then own).
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let nspid: Vec<&str> = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            // SAFETY: getpid has no preconditions.
+            let own = unsafe { libc::getpid() };
+            if own != 1 || nspid.len() != 2 || nspid[1] != "1" {
+                // SAFETY: ends the process.
+                unsafe { libc::_exit(98) };
+            }
+            nix::unistd::write(&report_w, format!("{}\n", nspid[0]).as_bytes()).unwrap();
+            // SAFETY: plain signal and exit calls.
+            unsafe {
+                match then {
+                    Then::Exit(code) => libc::_exit(code),
+                    Then::ExitOnSigterm(code) => {
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, libc::SIGTERM);
+                        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                        let mut sig = 0;
+                        libc::sigwait(&set, &mut sig);
+                        libc::_exit(if sig == libc::SIGTERM { code } else { 97 });
+                    }
+                    Then::Sleep => loop {
+                        libc::pause();
+                    },
+                }
+            }
+        }
+        drop(report_w);
+        // One line (the VMM keeps its end open while it runs).
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        std::io::BufReader::new(std::fs::File::from(report_r))
+            .read_line(&mut line)
+            .ok();
+        let vmm = line.trim().parse().unwrap_or(-1);
+        (pid, vmm)
+    }
+
+    fn wait_status(pid: libc::pid_t) -> i32 {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    /// Whether `pid` has ended (gone, or a zombie no one has reaped yet).
+    fn ended(pid: libc::pid_t) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.is_empty() || status.contains("State:\tZ")
+    }
+
+    #[test]
+    fn the_pid_namespace_supervisor() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: a PID namespace needs root");
+            return;
+        }
+        // The supervisor ends with the VMM's exit status.
+        let (sup, vmm) = start_supervised(Then::Exit(7));
+        assert!(vmm > 0, "the VMM is PID 1 of its namespace");
+        let status = wait_status(sup);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+            "{status:#x}"
+        );
+
+        // It passes SIGTERM on; it holds no capability, no descriptor but stderr and the
+        // liveness pipe, and runs under its filter with no_new_privs.
+        let (sup, vmm) = start_supervised(Then::ExitOnSigterm(42));
+        assert!(vmm > 0);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let status_text = std::fs::read_to_string(format!("/proc/{sup}/status")).unwrap();
+        for (field, want) in [
+            ("CapEff:", "0000000000000000"),
+            ("CapPrm:", "0000000000000000"),
+            ("CapBnd:", "0000000000000000"),
+            ("NoNewPrivs:", "1"),
+            ("Seccomp:", "2"),
+        ] {
+            let got = status_text
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(str::trim);
+            assert_eq!(got, Some(want), "supervisor {field}\n{status_text}");
+        }
+        let fds = std::fs::read_dir(format!("/proc/{sup}/fd"))
+            .unwrap()
+            .count();
+        assert_eq!(fds, 2, "stderr and the liveness pipe only");
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(sup, libc::SIGTERM) };
+        let status = wait_status(sup);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42,
+            "{status:#x}"
+        );
+
+        // A VMM killed by a signal: the supervisor dies of the same one.
+        let (sup, vmm) = start_supervised(Then::Sleep);
+        assert!(vmm > 0);
+        // SAFETY: signals the VMM process this test started.
+        unsafe { libc::kill(vmm, libc::SIGKILL) };
+        let status = wait_status(sup);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+            "{status:#x}"
+        );
+
+        // Killing the supervisor kills the VMM (PR_SET_PDEATHSIG).
+        let (sup, vmm) = start_supervised(Then::Sleep);
+        assert!(vmm > 0 && !ended(vmm));
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(sup, libc::SIGKILL) };
+        wait_status(sup);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !ended(vmm) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the VMM outlived its supervisor"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }

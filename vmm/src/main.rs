@@ -271,6 +271,12 @@ fn main() -> ExitCode {
                 eprintln!("carapace-vmm: {}", error_chain(&e));
                 return ExitCode::from(status::REFUSED as u8);
             }
+            // From here on this is the VMM in its own PID namespace; the process that started
+            // as it waits outside (jail.rs).
+            if let Err(e) = jail::enter_pid_namespace(config.seccomp) {
+                eprintln!("carapace-vmm: {}", error_chain(&e));
+                return ExitCode::from(status::ERROR as u8);
+            }
             match Jail::enter(j, &jail::contents(&config)) {
                 Ok(j) => Some(j),
                 Err(e) => {

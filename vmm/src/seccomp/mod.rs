@@ -73,6 +73,9 @@ pub enum SeccompError {
     /// The kernel refused the filter (no seccomp, or no_new_privs refused).
     #[error("installing the {0:?} thread's seccomp filter")]
     Install(Thread, #[source] seccompiler::Error),
+    /// The jail supervisor's filter could not be built (a bug in its list).
+    #[error("building the jail supervisor's seccomp filter")]
+    Supervisor(#[source] seccompiler::BackendError),
     /// The SIGSYS handler could not be installed.
     #[error("installing the SIGSYS handler")]
     Handler(#[source] std::io::Error),
@@ -396,6 +399,43 @@ fn rules(thread: Thread, pid: i32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Se
         );
     }
     Ok(map)
+}
+
+/// The jail's supervisor (the process outside the VMM's PID namespace, jail.rs), whose whole
+/// life is: waiting for its signals and for its child (`child`), passing the signals on to
+/// it, ending as it ended (its status, or its signal raised on itself, `own`), and one
+/// message on stderr if that fails. Anything else kills it outright (it has no SIGSYS
+/// handler), and the VMM with it (PR_SET_PDEATHSIG).
+const SUPERVISOR: &[i64] = &[
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_wait4,
+    libc::SYS_getpid,
+    libc::SYS_write,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// The supervisor's program (see [`SUPERVISOR`]): kill(2) reaches `child` and itself only.
+pub fn supervisor(child: i32, own: i32) -> Result<BpfProgram, SeccompError> {
+    let rule = |pid: i32| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, pid as u64)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(SeccompError::Supervisor)
+    };
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> =
+        SUPERVISOR.iter().map(|&nr| (nr, Vec::new())).collect();
+    map.insert(libc::SYS_kill, vec![rule(child)?, rule(own)?]);
+    let filter = SeccompFilter::new(
+        map,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(SeccompError::Supervisor)?;
+    filter.try_into().map_err(SeccompError::Supervisor)
 }
 
 /// Builds `thread`'s program: its rules allow, anything else traps (SIGSYS).
