@@ -84,5 +84,13 @@ demo: deps
 bench-ctr: deps
 	tests/demo --bench 10
 
+# Every fuzz target (vmm/fuzz, agent/fuzz) under libFuzzer, one after the other, FUZZ_RUNS
+# executions each (default 10000000) or FUZZ_TIME seconds each; prints executions, coverage and
+# crashes per target (tests/fuzz). `make test` replays the committed corpus as unit tests.
+FUZZ_RUNS ?= 10000000
+.PHONY: fuzz
+fuzz: deps
+	FUZZ_RUNS=$(FUZZ_RUNS) $(if $(FUZZ_TIME),FUZZ_TIME=$(FUZZ_TIME)) tests/fuzz
+
 clean:
 	$(CARGO) clean
