@@ -24,7 +24,7 @@ use carapace_vmm_config::status;
 
 const USAGE: &str = "usage: carapace-vmm [--config FILE] [--kernel PATH] [--initramfs PATH]
        [--cmdline STR] [--vcpus N] [--memory-mib N] [--serial stdout|off|FILE]
-       [--api-socket PATH] [--block PATH[,ro][,bps=N][,iops=N]]... [--net TAP[,mac=MAC]|fd=N[,mac=MAC]]...
+       [--api-socket PATH] [--block PATH[,ro][,bps=N][,iops=N]]... [--net TAP|fd=N[,mac=MAC][,rx_bps=N][,tx_bps=N]]...
        [--vsock CID,PATH] [--rng] [--fs TAG,PATH[,cache=never|auto|always][,ro][,devices]]...
        [--seccomp on|off]
 Flags override the config file's values; --block, --net and --fs add to its devices.
@@ -170,8 +170,21 @@ fn parse_args(args: Vec<String>) -> Result<VmConfig, UsageError> {
                     tx_rate_limit: None,
                 };
                 for part in v.split(',') {
+                    let per_second = |n: &str| {
+                        n.parse()
+                            .map(BucketConfig::per_second)
+                            .map_err(|_| UsageError(format!("--net: `{part}` is not a number")))
+                    };
                     if let Some(mac) = part.strip_prefix("mac=") {
                         net.mac = Some(mac.into());
+                    } else if let Some(n) = part.strip_prefix("rx_bps=") {
+                        net.rx_rate_limit
+                            .get_or_insert_with(Default::default)
+                            .bandwidth = Some(per_second(n)?);
+                    } else if let Some(n) = part.strip_prefix("tx_bps=") {
+                        net.tx_rate_limit
+                            .get_or_insert_with(Default::default)
+                            .bandwidth = Some(per_second(n)?);
                     } else if let Some(fd) = part.strip_prefix("fd=") {
                         net.tap_fd = Some(fd.parse().map_err(|_| {
                             UsageError(format!("--net: fd `{fd}` is not a number"))
@@ -456,6 +469,27 @@ mod tests {
         );
         assert!(parse_args(args(&["--kernel", "/k", "--block", "/d,fast"])).is_err());
         assert_eq!(c.net[0].tap.as_deref(), Some("tap0"));
+        assert!(c.net[0].rx_rate_limit.is_none() && c.net[0].tx_rate_limit.is_none());
+        let net = parse_args(args(&[
+            "--kernel",
+            "/k",
+            "--net",
+            "tap1,tx_bps=1048576,rx_bps=2000",
+        ]))
+        .unwrap()
+        .net
+        .remove(0);
+        assert_eq!(net.tap.as_deref(), Some("tap1"));
+        let bandwidth = |l: Option<carapace_vmm::config::RateLimitConfig>| l.unwrap().bandwidth;
+        assert_eq!(
+            bandwidth(net.tx_rate_limit),
+            Some(BucketConfig::per_second(1_048_576))
+        );
+        assert_eq!(
+            bandwidth(net.rx_rate_limit),
+            Some(BucketConfig::per_second(2000))
+        );
+        assert!(parse_args(args(&["--kernel", "/k", "--net", "tap1,tx_bps=fast"])).is_err());
         assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
         assert!(c.rng);
         assert_eq!(c.serial, Serial::Off);
