@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use carapace_tests::artifacts::{busybox_image, BUSYBOX_IMAGE};
-use carapace_tests::carapace::{Carapace, RUNTIME};
-use carapace_tests::containerd::{processes_mentioning, Containerd};
+use carapace_tests::carapace::{vmms_of, Carapace, RUNTIME};
+use carapace_tests::containerd::Containerd;
 use carapace_tests::lab::wait_for;
 use carapace_tests::lab_test;
 
@@ -64,11 +64,9 @@ lab_test! {
         let c = Carapace::start();
         c.import(&busybox_image());
         run_detached(&c, "crash1");
-        let pod = processes_mentioning("/run/carapace/crash1/");
-        let vmms: Vec<u32> = processes_mentioning("carapace-vmm")
-            .into_iter()
-            .filter(|p| pod.contains(p))
-            .collect();
+        // The VMM itself, inside its jail's PID namespace (its supervisor then dies of the
+        // same signal).
+        let vmms = vmms_of("crash1");
         assert_eq!(vmms.len(), 1, "one VMM runs the pod: {vmms:?}");
         // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
         unsafe { libc::kill(vmms[0] as libc::pid_t, libc::SIGKILL) };
