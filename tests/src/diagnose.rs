@@ -99,9 +99,9 @@ pub fn kvm_exits(pid: u32, sample: Duration) -> String {
     let instance = Path::new(TRACING).join("instances/carapace-diagnose");
     if !Path::new(TRACING).join("events").exists() {
         // Mounted by tests/lab/retry-failed in the suite; not when a test runs alone.
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", TRACING])
-            .status();
+        let _ = output_within(
+            std::process::Command::new("mount").args(["-t", "tracefs", "tracefs", TRACING]),
+        );
     }
     if !Path::new(TRACING).join("events/kvm/kvm_exit").exists() {
         return "kvm exits: not sampled (the lab kernel has no KVM trace events)\n".into();
@@ -160,15 +160,14 @@ pub fn kvm_exits(pid: u32, sample: Duration) -> String {
 fn symbols<'a>(rips: impl Iterator<Item = &'a str>) -> Vec<String> {
     let rips: Vec<&str> = rips.collect();
     let named = std::env::var_os("CARAPACE_GUEST_KERNEL").and_then(|kernel| {
-        let out = std::process::Command::new("addr2line")
-            .arg("-f")
-            .arg("-e")
-            .arg(kernel)
-            .args(&rips)
-            .output()
-            .ok()?;
+        let text = output_within(
+            std::process::Command::new("addr2line")
+                .arg("-f")
+                .arg("-e")
+                .arg(kernel)
+                .args(&rips),
+        )?;
         // Two lines per address: the function, then file:line.
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let names: Vec<String> = text.lines().step_by(2).map(str::to_string).collect();
         (names.len() == rips.len()).then_some(names)
     });
@@ -184,10 +183,7 @@ pub fn kernel_log() -> String {
     if asked {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let log = std::process::Command::new("dmesg")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|e| format!("(dmesg: {e})\n"));
+    let log = kmsg();
     let lines: Vec<&str> = log.lines().collect();
     let mut out = format!(
         "the lab kernel's log, last 80 lines{}:\n",
@@ -201,6 +197,74 @@ pub fn kernel_log() -> String {
         let _ = writeln!(out, "  {l}");
     }
     out
+}
+
+/// The kernel's log buffer, read from /dev/kmsg (no program started: when the lab's file
+/// sharing stalls, starting one can hang), one record per line without its header.
+fn kmsg() -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return "(no /dev/kmsg)\n".into();
+    };
+    let mut out = String::new();
+    let mut record = vec![0u8; 8192];
+    // One record per read; EAGAIN at the end, EPIPE for records overwritten meanwhile.
+    loop {
+        match f.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&record[..n]);
+                let (head, msg) = text.split_once(';').unwrap_or(("", &text));
+                let usec: u64 = head
+                    .split(',')
+                    .nth(2)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let msg = msg.lines().next().unwrap_or("");
+                let _ = writeln!(
+                    out,
+                    "[{:>5}.{:06}] {msg}",
+                    usec / 1_000_000,
+                    usec % 1_000_000
+                );
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Runs `cmd` and returns its stdout, or `None` if it fails or has not ended within 5 s
+/// (it is then killed and left: a program read over a stalled share cannot be waited for).
+fn output_within(cmd: &mut std::process::Command) -> Option<String> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                return None;
+            }
+        }
+    }
+    let mut text = String::new();
+    child.stdout.take()?.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 fn pids() -> Vec<u32> {
@@ -254,5 +318,24 @@ mod tests {
             "{text}"
         );
         assert!(threads(u32::MAX).contains("gone"));
+    }
+
+    #[test]
+    fn the_kernel_log_is_read_without_starting_a_program() {
+        if !Path::new("/dev/kmsg").exists() || std::fs::File::open("/dev/kmsg").is_err() {
+            eprintln!("skipped: /dev/kmsg cannot be read here");
+            return;
+        }
+        let log = kmsg();
+        let first = log.lines().next().unwrap_or_else(|| panic!("an empty log"));
+        assert!(first.starts_with('[') && first.contains("] "), "{first}");
+        assert_eq!(
+            output_within(std::process::Command::new("echo").arg("hi")).as_deref(),
+            Some("hi\n")
+        );
+        assert_eq!(
+            output_within(&mut std::process::Command::new("false")).as_deref(),
+            Some("")
+        );
     }
 }
