@@ -330,13 +330,8 @@ lab_test! {
 
 /// What a process's `/proc/<pid>/status` says for `key` (e.g. "CapEff").
 fn status_field(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+    carapace_tests::carapace::status_field(pid, key)
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
 }
 
 /// The capabilities a jailed VMM with a share keeps: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH,

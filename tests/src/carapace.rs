@@ -30,13 +30,16 @@ pub fn vmms_of(sid: &str) -> Vec<u32> {
 
 /// The parent of process `pid` (`PPid:` in its status), if it still runs.
 pub fn parent_of(pid: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
+    status_field(pid, "PPid")?.parse().ok()
+}
+
+/// The value of `key` in `/proc/<pid>/status` (trimmed), if the process runs and has it.
+pub fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status
         .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))?
-        .trim()
-        .parse()
-        .ok()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?;
+    Some(value.trim().to_string())
 }
 
 /// Each thread of process `pid`: its name and its `Seccomp:` mode from

@@ -45,12 +45,7 @@ pub fn lab() -> String {
 /// One line per thread of `pid`: name, state, wchan, syscall, then its kernel stack.
 pub fn threads(pid: u32) -> String {
     let mut out = String::new();
-    let status = read(&format!("/proc/{pid}/status"));
-    let state = status
-        .lines()
-        .find_map(|l| l.strip_prefix("State:"))
-        .unwrap_or("gone")
-        .trim();
+    let state = crate::carapace::status_field(pid, "State").unwrap_or_else(|| "gone".into());
     let _ = writeln!(
         out,
         "process {pid} ({}): {state}",

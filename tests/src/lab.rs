@@ -74,7 +74,8 @@ pub fn wedged(why: &str) -> ! {
 /// Watches one lab test: past its limit it declares the lab [`wedged`]. Dropping it (the test
 /// ended, passed or not) stops the watch.
 pub struct Watchdog {
-    stop: Option<std::sync::mpsc::Sender<()>>,
+    /// Dropped with the watchdog, which ends the watch (the thread's receive disconnects).
+    _stop: std::sync::mpsc::Sender<()>,
 }
 
 impl Watchdog {
@@ -94,13 +95,7 @@ impl Watchdog {
                 ));
             }
         });
-        Watchdog { stop: Some(stop) }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.stop.take());
+        Watchdog { _stop: stop }
     }
 }
 

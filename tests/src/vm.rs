@@ -245,15 +245,11 @@ impl Drop for Console {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() >= deadline {
-                    crate::lab::wedged(&format!(
-                        "the VM process {} did not end within 30 s of SIGKILL",
-                        self.child.id()
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if self.exited_within(Duration::from_secs(30)).is_none() {
+                crate::lab::wedged(&format!(
+                    "the VM process {} did not end within 30 s of SIGKILL",
+                    self.child.id()
+                ));
             }
         }
     }
