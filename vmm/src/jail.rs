@@ -175,6 +175,23 @@ fn one_thread(task_dir: &Path) -> Result<(), JailError> {
     }
 }
 
+/// The signals that stop the VM in order (SIGTERM, SIGINT, SIGHUP): `main` takes them with
+/// sigwait, and the supervisor passes them on to the VMM.
+pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// The signal set holding `signals`.
+pub fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before sigaddset adds to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
 /// Step 0 (see the module's documentation): returns in the child, PID 1 of a new PID
 /// namespace, which goes on to be the VMM; the parent never returns from here (it supervises
 /// the child and exits as it exits). `seccomp`: whether the supervisor filters itself (the
@@ -186,13 +203,8 @@ pub fn enter_pid_namespace(seccomp: bool) -> Result<(), JailError> {
     // ends at once; the child puts the mask back as it was.
     // SAFETY: sigset_t is plain data (all zeroes is a valid value).
     let mut before: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the set is initialised by sigemptyset before use; the masks are ours.
-    unsafe {
-        let mut chld: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut chld);
-        libc::sigaddset(&mut chld, libc::SIGCHLD);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &chld, &mut before);
-    }
+    // SAFETY: both masks are ours.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signal_set(&[libc::SIGCHLD]), &mut before) };
     // The child's way to see that its supervisor died before PR_SET_PDEATHSIG was in force:
     // the write end closes with the supervisor.
     let (alive_r, alive_w) =
@@ -278,14 +290,11 @@ fn supervise(child: libc::pid_t, alive: libc::c_int, seccomp: bool) -> ! {
             Err(_) => die(b"cannot build its seccomp filter"),
         }
     }
-    // SAFETY: sigset_t is plain data initialised by sigemptyset; sigwait, kill and waitpid
-    // take plain values and our own status word.
+    // An array, not a Vec: nothing may allocate under the filter.
+    let [term, int, hup] = STOP_SIGNALS;
+    let set = signal_set(&[term, int, hup, libc::SIGCHLD]);
+    // SAFETY: sigwait, kill and waitpid take plain values, our set and our own status word.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, s);
-        }
         // Blocked already but for SIGCHLD (main blocks the others before the jail): blocked
         // here again so this does not depend on it.
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -309,10 +318,7 @@ fn supervise(child: libc::pid_t, alive: libc::c_int, seccomp: bool) -> ! {
                 // The same end as the VMM's: its signal, with the default action.
                 let sig = libc::WTERMSIG(status);
                 libc::signal(sig, libc::SIG_DFL);
-                let mut one: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut one);
-                libc::sigaddset(&mut one, sig);
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &signal_set(&[sig]), std::ptr::null_mut());
                 libc::kill(libc::getpid(), sig);
                 libc::_exit(128 + sig);
             }
@@ -809,9 +815,7 @@ mod tests {
                 match then {
                     Then::Exit(code) => libc::_exit(code),
                     Then::ExitOnSigterm(code) => {
-                        let mut set: libc::sigset_t = std::mem::zeroed();
-                        libc::sigemptyset(&mut set);
-                        libc::sigaddset(&mut set, libc::SIGTERM);
+                        let set = signal_set(&[libc::SIGTERM]);
                         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
                         let mut sig = 0;
                         libc::sigwait(&set, &mut sig);

@@ -273,7 +273,7 @@ fn main() -> ExitCode {
     }
     // SIGTERM, SIGINT and SIGHUP end the VM in order (sockets removed), like an API shutdown:
     // blocked here so every thread inherits the mask, and taken by one thread with sigwait.
-    let signals = termination_signals();
+    let signals = jail::signal_set(&jail::STOP_SIGNALS);
     // SAFETY: pthread_sigmask only reads the set we own.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     // Into the jail first, while this is the process's only thread; a refused configuration
@@ -364,20 +364,6 @@ fn main() -> ExitCode {
     let reason = machine.run();
     eprintln!("carapace-vmm: {reason}");
     ExitCode::from(reason.exit_code() as u8)
-}
-
-/// The signals that stop the VM in order.
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the set is a valid sigset_t we own.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-    }
-    set
 }
 
 /// Log to stderr at the level in CARAPACE_LOG (error, warn, info, debug; default warn).
