@@ -94,7 +94,8 @@ pub fn parse_cidr(what: &'static str, s: &str) -> Result<Cidr, RequestError> {
             network: Cidr {
                 addr: c.network(),
                 prefix: c.prefix,
-            },
+            }
+            .to_string(),
         });
     }
     Ok(c)

@@ -4,9 +4,6 @@
 
 use std::net::IpAddr;
 
-use crate::addr::Cidr;
-use crate::from_proto::MAX_IFNAME;
-
 /// Why a network request (an `Interface`, `Route` or `ArpNeighbor` of the protocol) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -43,8 +40,8 @@ pub enum RequestError {
         what: &'static str,
         /// What it holds.
         value: String,
-        /// The network it would name with those bits cleared.
-        network: Cidr,
+        /// The network it would name with those bits cleared, as a CIDR.
+        network: String,
     },
     /// A field that must hold an Ethernet MAC does not.
     #[error("{what} {value:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")]
@@ -56,13 +53,15 @@ pub enum RequestError {
     },
     /// A name the kernel would refuse for an interface.
     #[error(
-        "{what} {value:?} is not a valid interface name (1-{MAX_IFNAME} bytes, no '/', ':' or spaces)"
+        "{what} {value:?} is not a valid interface name (1-{max} bytes, no '/', ':' or spaces)"
     )]
     BadInterfaceName {
         /// The field.
         what: &'static str,
         /// What it holds.
         value: String,
+        /// The longest name the kernel accepts.
+        max: usize,
     },
     /// An interface with neither a MAC nor a name to find its link by.
     #[error("the interface needs a hw_addr or a name")]

@@ -26,6 +26,7 @@ pub fn check_ifname(what: &'static str, s: &str) -> Result<(), RequestError> {
         return Err(RequestError::BadInterfaceName {
             what,
             value: s.to_string(),
+            max: MAX_IFNAME,
         });
     }
     Ok(())
