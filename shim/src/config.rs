@@ -62,14 +62,18 @@ pub struct Config {
     /// files the guest writes on its shares); 0: no limit. Default: 0.
     pub vmm_max_file_size: u64,
     /// The most processes a jailed VMM's user may have (RLIMIT_NPROC); 0: no limit. Root is
-    /// exempt from it, so it binds only with `vmm_user`. Default: 0.
+    /// exempt from it, so it binds only with `vmm_user`. The kernel counts every process and
+    /// thread of that user, so with one `vmm_user` for all pods it bounds their VMMs together:
+    /// allow about 5 + vCPUs + 16 (API clients) threads per VMM. Default: 0.
     pub vmm_max_processes: u64,
     /// The most files a jailed VMM may have open (RLIMIT_NOFILE); 0: the VMM's own limit
     /// (131072 at most). Default: 0.
     pub vmm_max_open_files: u64,
     /// The uid:gid a jailed VMM becomes when it serves no virtio-fs share (`share =
-    /// "block-copy"`), e.g. "65534:65534"; empty: it stays root with no capabilities.
-    /// Default: empty.
+    /// "block-copy"`), e.g. "65532:65532"; empty: it stays root with no capabilities. The
+    /// pod's `vm/` directory (console log, sockets) becomes that user's. Take a uid no other
+    /// process uses: the VMM is not dumpable once it drops root, so a process of the same
+    /// user cannot trace it, but it could signal it. Default: empty.
     pub vmm_user: String,
     /// Disk bytes per second of each pod VM's virtio-blk device (0: no limit; annotation
     /// `io.carapace.blk.bytes-per-sec` may only lower it). Default: 0.

@@ -47,7 +47,17 @@ pub fn shared_dir(sid: &PodId) -> PathBuf {
     state_dir(sid).join("shared")
 }
 
-/// Creates the pod's state directory (0700) and its share (the private tree and its
+/// What pod `sid`'s VMM writes and listens on: its console log and its control and vsock
+/// sockets. The one directory of the pod's that the VMM's jail keeps writable, and the
+/// configured VMM user's own when the jail drops root (see [`jail_config`]).
+pub fn vm_dir(sid: &PodId) -> PathBuf {
+    state_dir(sid).join(VM_DIR)
+}
+
+/// [`vm_dir`]'s name in the pod's state directory.
+const VM_DIR: &str = "vm";
+
+/// Creates the pod's state directory (0700), its VMM's directory (0700, see [`vm_dir`]) and its share (the private tree and its
 /// read-only export); a leftover of an earlier shim of the same pod (which cannot be running:
 /// containerd groups a pod into one shim) is removed.
 pub fn prepare_dirs(sid: &PodId) -> Result<()> {
@@ -74,7 +84,12 @@ pub fn prepare_dirs(sid: &PodId) -> Result<()> {
         .create(&dir)
         .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| ShimError::io(format!("creating {}", dir.display()), e))?;
-    let made = hostfs::Dir::open(&dir).and_then(|pod| hostfs::make_share(&pod, "mnt", "shared"));
+    let made = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.join(VM_DIR))
+        .map_err(|e| ShimError::io(format!("creating {}", dir.join(VM_DIR).display()), e))
+        .and_then(|()| hostfs::Dir::open(&dir))
+        .and_then(|pod| hostfs::make_share(&pod, "mnt", "shared"));
     if let Err(e) = made {
         let _ = cleanup_dir(&dir);
         return Err(e);
@@ -142,7 +157,9 @@ pub struct FirstContainer<'a> {
 }
 
 /// The jail of the pod's VMM (none when the configuration turns it off): its root an empty
-/// directory in the pod's state directory, which the VMM mounts its private tmpfs on.
+/// directory in the pod's state directory, which the VMM mounts its private tmpfs on. It
+/// holds the pod's [`vm_dir`], its share and the files the VM opens, not the rest of the
+/// pod's state directory.
 fn jail_config(config: &Config, dir: &Path) -> Result<Option<JailConfig>> {
     use std::os::unix::fs::DirBuilderExt;
     if !config.vmm_jail {
@@ -159,6 +176,13 @@ fn jail_config(config: &Config, dir: &Path) -> Result<Option<JailConfig>> {
     let ids = (config.share == Share::BlockCopy)
         .then(|| config.vmm_ids())
         .flatten();
+    // That user's VMM rotates its console log in its directory: the directory becomes its
+    // own (still 0700, inside the root-only pod directory, which the jail does not hold).
+    if let Some((uid, gid)) = ids {
+        let vm = dir.join(VM_DIR);
+        std::os::unix::fs::chown(&vm, Some(uid), Some(gid))
+            .map_err(|e| ShimError::io(format!("giving {} to {uid}:{gid}", vm.display()), e))?;
+    }
     Ok(Some(JailConfig {
         root,
         uid: ids.map(|(u, _)| u),
@@ -230,11 +254,11 @@ impl Sandbox {
             .to_string(),
             vcpus: first.size.vcpus,
             memory_mib: first.size.memory_mib,
-            serial: Serial::File(dir.join("console.log")),
-            api_socket: dir.join("api.sock"),
+            serial: Serial::File(vm_dir(sid).join("console.log")),
+            api_socket: vm_dir(sid).join("api.sock"),
             vsock: Vsock {
                 cid: GUEST_CID,
-                socket: dir.join("vsock.sock"),
+                socket: vm_dir(sid).join("vsock.sock"),
             },
             fs: Vec::new(),
             block: Vec::new(),
@@ -299,7 +323,7 @@ impl Sandbox {
         }
         let exit = vmm.exit_watch();
         let connected = agent::connect(
-            &dir.join("vsock.sock"),
+            &vm_dir(sid).join("vsock.sock"),
             Duration::from_secs(config.agent_timeout_secs),
             move || exit.borrow().is_none(),
         )
@@ -307,7 +331,7 @@ impl Sandbox {
         let agent = match connected {
             Ok(a) => a,
             Err(e) => {
-                let console = tail(&dir.join("console.log"), 2000);
+                let console = tail(&vm_dir(sid).join("console.log"), 2000);
                 let vmm_log = tail(&dir.join("vmm.log"), 1000);
                 vmm.stop(Duration::ZERO).await;
                 return Err(ShimError::Internal(format!(
@@ -369,7 +393,7 @@ impl Sandbox {
 
     /// The end of the guest's serial console, for error reports.
     pub fn console_tail(&self) -> String {
-        tail(&self.dir.join("console.log"), 3000)
+        tail(&self.dir.join(VM_DIR).join("console.log"), 3000)
     }
 
     /// Stops the VM (DestroySandbox, then signals) and removes every host-side trace.

@@ -10,7 +10,7 @@
 //! under its seccomp filter while the pod uses each device.
 
 use std::ffi::CString;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,11 +84,12 @@ fn assert_failed(results: &str, name: &str, because: &str) {
 
 /// Runs `path args` as the unprivileged host user; returns whether it ran and its output.
 fn run_as_nobody(path: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(path)
-        .args(args)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output();
+    run_as(NOBODY, path, args)
+}
+
+/// Runs `path args` as host user and group `id`; returns whether it succeeded and its output.
+fn run_as(id: u32, path: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(path).args(args).uid(id).gid(id).output();
     match out {
         Ok(o) => (
             o.status.success(),
@@ -279,8 +280,9 @@ lab_test! {
         }
 
         // 6. The pod's sockets: 0600 in a 0700 directory; an unprivileged user cannot connect.
+        assert_eq!(mode(&pod.join("vm")), 0o700);
         for s in ["api.sock", "vsock.sock"] {
-            let p = pod.join(s);
+            let p = pod.join("vm").join(s);
             assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_socket(), "{s}");
             assert_eq!(mode(&p), 0o600, "{s}");
             assert!(!nobody_can_connect(&p), "uid {NOBODY} connected to {s}");
@@ -377,13 +379,14 @@ lab_test! {
             assert_eq!(status_field(supervisor, key), want, "the supervisor's {key}");
         }
         assert_eq!(std::fs::read_dir(format!("/proc/{supervisor}/fd")).unwrap().count(), 2, "the supervisor's descriptors");
-        // A root holding the pod's state directory only, read-only but for it.
+        // A root holding the pod's VMM directory and its share only, read-only but for them.
         let pod_dir = format!("{STATE_ROOT}/sc1");
         let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
         let points: Vec<&str> = mountinfo.lines().filter_map(|l| l.split_whitespace().nth(4)).collect();
-        let share = format!("{pod_dir}/shared");
+        let (vm_dir, share) = (format!("{pod_dir}/vm"), format!("{pod_dir}/shared"));
         assert_eq!(points.first(), Some(&"/"), "the jail's mounts:\n{mountinfo}");
-        assert!(points.contains(&pod_dir.as_str()) && points.contains(&share.as_str()), "{mountinfo}");
+        assert!(points.contains(&vm_dir.as_str()) && points.contains(&share.as_str()), "{mountinfo}");
+        assert!(!points.contains(&pod_dir.as_str()), "the rest of the pod's state directory stays outside:\n{mountinfo}");
         // Below the share, the containers' rootfs mounts; the VMM's own /proc/self/fd and
         // mountinfo;
         // nothing else (no /proc, /dev/kvm, kernel or initramfs: unmounted once open).
@@ -440,6 +443,79 @@ lab_test! {
         assert!(!log.contains("forbidden syscall"), "no VMM thread made a forbidden syscall:\n{log}");
         assert!(!log.contains("outside its seccomp filter"), "{log}");
         assert!(!log.contains("seccomp is OFF"), "{log}");
+        c.assert_nothing_left();
+    }
+}
+
+/// The uid and gid the VMM of a pod without a share takes in the test below: one of its own,
+/// which no other process uses.
+const VMM_USER: u32 = 65532;
+
+lab_test! {
+    fn a_pod_without_a_share_runs_its_vmm_as_the_configured_user_with_no_capability() {
+        let c = Carapace::start_with_share(
+            "block-copy",
+            &format!("vmm_user = \"{VMM_USER}:{VMM_USER}\"\nvmm_max_processes = 64\n"),
+        );
+        c.import(&busybox_image());
+        c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, BUSYBOX_IMAGE, "uc1", "sleep", "1000"]);
+        assert_eq!(c.task_status("uc1"), "RUNNING", "{}", c.log());
+        let vmms = vmms_of("uc1");
+        assert_eq!(vmms.len(), 1, "one VMM runs the pod");
+        let vmm = vmms[0];
+        // The user and group of the configuration, real, effective, saved and filesystem; no
+        // supplementary group, no capability, no_new_privs, every thread filtered.
+        let id = format!("{VMM_USER}\t{VMM_USER}\t{VMM_USER}\t{VMM_USER}");
+        assert_eq!(status_field(vmm, "Uid"), id);
+        assert_eq!(status_field(vmm, "Gid"), id);
+        assert_eq!(status_field(vmm, "Groups"), "");
+        for set in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+            assert_eq!(status_field(vmm, set), "0000000000000000", "{set}");
+        }
+        assert_eq!(status_field(vmm, "NoNewPrivs"), "1");
+        for (name, mode) in thread_seccomp_modes(vmm) {
+            assert_eq!(mode, "2", "thread {name}");
+        }
+        let limits = std::fs::read_to_string(format!("/proc/{vmm}/limits")).unwrap();
+        let nproc = limits.lines().find(|l| l.starts_with("Max processes")).unwrap();
+        assert_eq!(nproc.split_whitespace().skip(2).take(2).collect::<Vec<_>>(), ["64", "64"], "{nproc}");
+        // Its directory is that user's, in the root-only pod directory, and it is all of the
+        // pod's state directory that the jail holds.
+        let pod = Path::new(STATE_ROOT).join("uc1");
+        let vm_dir = pod.join("vm");
+        let md = std::fs::metadata(&vm_dir).unwrap();
+        assert_eq!((md.uid(), md.gid(), mode(&vm_dir)), (VMM_USER, VMM_USER, 0o700));
+        assert_eq!((std::fs::metadata(&pod).unwrap().uid(), mode(&pod)), (0, 0o700));
+        let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
+        let points: Vec<&str> = mountinfo.lines().filter_map(|l| l.split_whitespace().nth(4)).collect();
+        assert_eq!(points, ["/", vm_dir.to_str().unwrap(), "/proc/self/fd", "/proc/self/mountinfo"], "{mountinfo}");
+        // Another process of the same user cannot look inside it (the VMM is not dumpable
+        // once it dropped root), and another user cannot reach its sockets.
+        let cat = Path::new("/bin/cat");
+        let (read, out) = run_as(VMM_USER, cat, &[&format!("/proc/{vmm}/environ")]);
+        assert!(!read, "uid {VMM_USER} read the VMM's environment: {out}");
+        for s in ["api.sock", "vsock.sock"] {
+            assert!(!nobody_can_connect(&vm_dir.join(s)), "uid {NOBODY} connected to {s}");
+        }
+
+        // As that user it serves the pod: exec (vsock), the rootfs image written and read
+        // back (blk), rng, pause and resume (the control API).
+        let out = c.ctr_ok(&[
+            "task", "exec", "--exec-id", "e1", "uc1", "sh", "-c",
+            "echo written > /f && sync && cat /f && head -c 16 /dev/urandom | wc -c",
+        ]);
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(lines, ["written", "16"], "{out}");
+        c.ctr_ok(&["task", "pause", "uc1"]);
+        assert_eq!(c.task_status("uc1"), "PAUSED");
+        c.ctr_ok(&["task", "resume", "uc1"]);
+        assert_eq!(c.task_status("uc1"), "RUNNING");
+        c.ctr_ok(&["task", "kill", "-s", "9", "uc1"]);
+        let stopped = wait_for(Duration::from_secs(30), || (c.task_status("uc1") == "STOPPED").then_some(()));
+        assert!(stopped.is_some(), "uc1 stops after kill -9");
+        c.delete_task("uc1", 137);
+        let log = c.log();
+        assert!(!log.contains("forbidden syscall"), "{log}");
         c.assert_nothing_left();
     }
 }

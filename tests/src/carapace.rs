@@ -85,6 +85,12 @@ impl Carapace {
 
     /// Like [`Carapace::start`], with `extra` TOML lines appended to the shim configuration.
     pub fn start_with_config(extra: &str) -> Carapace {
+        Self::start_with_share(&share(), extra)
+    }
+
+    /// Like [`Carapace::start_with_config`], with rootfs directories shared as `share` says
+    /// (`virtiofs` or `block-copy`) whatever [`share`] says.
+    pub fn start_with_share(share: &str, extra: &str) -> Carapace {
         let config_dir = make_temp_dir("carapace-shim-config");
         let config = config_dir.join("config.toml");
         let text = format!(
@@ -92,7 +98,7 @@ impl Carapace {
             artifacts::vmm_binary(),
             artifacts::guest_kernel(),
             artifacts::initramfs(),
-            share(),
+            share,
         );
         std::fs::write(&config, text).expect("write the shim config");
         let path = std::env::var_os("PATH").unwrap_or_default();

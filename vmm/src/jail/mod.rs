@@ -326,15 +326,27 @@ fn supervise(child: libc::pid_t, alive: libc::c_int, seccomp: bool) -> ! {
     }
 }
 
-/// Cuts every capability set to `kept` (the bounding set first: dropping from it needs
-/// CAP_SETPCAP, which goes with the rest).
+/// Cuts every capability set to `kept`.
 fn drop_capabilities(kept: &CapsHashSet) -> Result<(), JailError> {
+    cut_bounding_set(kept)?;
+    cut_process_sets(kept)
+}
+
+/// Cuts the bounding set to `kept`: first, for dropping from it needs CAP_SETPCAP in the
+/// effective set, which [`cut_process_sets`] takes away.
+fn cut_bounding_set(kept: &CapsHashSet) -> Result<(), JailError> {
     for cap in caps::all() {
         if !kept.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap)
                 .map_err(caps_err(format!("dropping {cap} from the bounding set")))?;
         }
     }
+    Ok(())
+}
+
+/// Cuts the ambient, inheritable, effective and permitted sets to `kept` (dropping needs no
+/// capability).
+fn cut_process_sets(kept: &CapsHashSet) -> Result<(), JailError> {
     caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing the ambient set"))?;
     caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
         .map_err(caps_err("clearing the inheritable set"))?;
@@ -477,22 +489,26 @@ impl Jail {
             None::<&str>,
         )
         .map_err(sys("remounting the root read-only"))?;
+        let kept: CapsHashSet = if shares {
+            FS_CAPABILITIES.into_iter().collect()
+        } else {
+            CapsHashSet::new()
+        };
+        // In this order: the bounding set while CAP_SETPCAP is effective, the ids while
+        // CAP_SETUID and CAP_SETGID are, the process's sets last.
+        cut_bounding_set(&kept)?;
         let jail = &self.config;
         if let (Some(uid), Some(gid)) = (jail.uid, jail.gid) {
             // Checked by the configuration: never with shares, never 0. Changing the real,
-            // effective and saved ids of a process with one thread clears every capability.
+            // effective and saved ids of a process with one thread clears its permitted and
+            // effective sets; cut_process_sets makes sure of every set.
             nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
             setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
                 .map_err(sys(format!("setresgid {gid}")))?;
             setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
                 .map_err(sys(format!("setresuid {uid}")))?;
         }
-        let kept: CapsHashSet = if shares {
-            FS_CAPABILITIES.into_iter().collect()
-        } else {
-            CapsHashSet::new()
-        };
-        drop_capabilities(&kept)?;
+        cut_process_sets(&kept)?;
         // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain values.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(JailError::Sys {

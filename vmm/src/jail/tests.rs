@@ -164,6 +164,99 @@ fn a_sealed_jail_holds_its_directories_and_shares_with_the_fs_capabilities() {
     assert_eq!(left, 0, "nothing reached the host's directory");
 }
 
+/// A jail without shares and with a user: sealed in a forked child, the child has that
+/// user's ids everywhere, no supplementary group, no capability in any set, no_new_privs, and
+/// still writes in its kept directory (which the VMM's user owns, as the shim makes it).
+#[test]
+fn a_sealed_jail_without_shares_takes_the_user_and_every_capability_away() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    const USER: u32 = 65532;
+    let base = std::env::temp_dir().join(format!("carapace-jail-user-{}", std::process::id()));
+    let root = base.join("jail");
+    let vm = base.join("vm");
+    for d in [&root, &vm] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::os::unix::fs::chown(&vm, Some(USER), Some(USER)).unwrap();
+    let jail = JailConfig {
+        root: root.clone(),
+        uid: Some(USER),
+        gid: Some(USER),
+        max_file_size: None,
+        max_processes: None,
+        max_open_files: None,
+    };
+    let contents = Contents {
+        open_only: Vec::new(),
+        dirs: vec![vm.clone()],
+        trees: Vec::new(),
+    };
+    // SAFETY: the child only makes system calls and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let check = || -> Result<(), String> {
+            let j = Jail::enter(&jail, &contents).map_err(|e| format!("{e:?}"))?;
+            j.seal(false).map_err(|e| format!("{e:?}"))?;
+            let mut ids = [0; 3];
+            let mut gids = [0; 3];
+            // SAFETY: each call writes three ids into the arrays it is given.
+            unsafe {
+                libc::getresuid(&mut ids[0], &mut ids[1], &mut ids[2]);
+                libc::getresgid(&mut gids[0], &mut gids[1], &mut gids[2]);
+            }
+            // SAFETY: a size of 0 asks only for the count.
+            let groups = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+            if ids != [USER; 3] || gids != [USER; 3] || groups != 0 {
+                return Err(format!("uids {ids:?}, gids {gids:?}, {groups} groups"));
+            }
+            for set in [
+                CapSet::Effective,
+                CapSet::Permitted,
+                CapSet::Inheritable,
+                CapSet::Ambient,
+                CapSet::Bounding,
+            ] {
+                let held = caps::read(None, set).map_err(|e| e.to_string())?;
+                if !held.is_empty() {
+                    return Err(format!("{set:?} holds {held:?}"));
+                }
+            }
+            // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes plain values.
+            if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
+                return Err("no_new_privs is not set".into());
+            }
+            std::fs::write(vm.join("console.log"), "rotated")
+                .and_then(|()| std::fs::rename(vm.join("console.log"), vm.join("console.log.1")))
+                .map_err(|e| format!("writing in its directory: {e}"))?;
+            Ok(())
+        };
+        let code = match check() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("jail check: {e}");
+                1
+            }
+        };
+        // SAFETY: ends the child without the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let wrote = vm.join("console.log.1").exists();
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's checks failed ({status:#x}); see its stderr"
+    );
+    assert!(wrote, "the jailed user wrote in its directory");
+}
+
 #[test]
 fn the_fs_capabilities_hold_no_admin_power() {
     for cap in [
