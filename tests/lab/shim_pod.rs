@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use carapace_tests::artifacts::{busybox_image, BUSYBOX_IMAGE};
 use carapace_tests::carapace::{vmms_of, Carapace, RUNTIME, STATE_ROOT};
-use carapace_tests::containerd::{make_temp_dir, processes_mentioning, Containerd, EventLog};
+use carapace_tests::containerd::{
+    make_temp_dir, processes_mentioning, processes_named, Containerd, EventLog,
+};
 use carapace_tests::lab::{ms, wait_for};
 use carapace_tests::lab_test;
 use containerd_shim_protos::api::{CheckpointTaskRequest, UpdateTaskRequest};
@@ -77,7 +79,7 @@ lab_test! {
 
         assert_eq!(vmms_of("pod1").len(), 1, "one VMM runs the pod");
         assert!(!Path::new(STATE_ROOT).join("app1").exists(), "app1 has no VM of its own");
-        let shims = processes_mentioning("containerd-shim-carapace-v2")
+        let shims = processes_named("containerd-shim-carapace-v2")
             .into_iter()
             .filter(|p| processes_mentioning(&c.socket().to_string_lossy()).contains(p))
             .count();

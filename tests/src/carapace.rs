@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::artifacts;
-use crate::containerd::{make_temp_dir, mounts_under, processes_mentioning, Containerd};
+use crate::containerd::{
+    make_temp_dir, mounts_under, processes_mentioning, processes_named, Containerd,
+};
 
 /// The runtime name `ctr run --runtime` takes.
 pub const RUNTIME: &str = "io.containerd.carapace.v2";
@@ -20,7 +22,7 @@ pub const STATE_ROOT: &str = "/run/carapace";
 /// their PID namespaces (a supervisor is the parent of the VMM, with the same command line).
 pub fn vmms_of(sid: &str) -> Vec<u32> {
     let pod = processes_mentioning(&format!("{STATE_ROOT}/{sid}/"));
-    let all: Vec<u32> = processes_mentioning("carapace-vmm")
+    let all: Vec<u32> = processes_named("carapace-vmm")
         .into_iter()
         .filter(|p| pod.contains(p))
         .collect();
@@ -147,12 +149,12 @@ impl Carapace {
 
 fn leftovers_now(containerd_socket: &str) -> Vec<String> {
     let mut found = Vec::new();
-    for pid in processes_mentioning("carapace-vmm") {
+    for pid in processes_named("carapace-vmm") {
         if pid != std::process::id() {
             found.push(format!("carapace-vmm process {pid}"));
         }
     }
-    for pid in processes_mentioning("containerd-shim-carapace-v2") {
+    for pid in processes_named("containerd-shim-carapace-v2") {
         if processes_mentioning(containerd_socket).contains(&pid) {
             found.push(format!("shim process {pid}"));
         }
@@ -216,7 +218,7 @@ impl Drop for Carapace {
         // A failed test can leave VMMs of its pods behind (their shims were killed with
         // containerd): end them and their state so later tests start clean.
         for pid in processes_mentioning(&format!("{STATE_ROOT}/")) {
-            if processes_mentioning("carapace-vmm").contains(&pid) {
+            if processes_named("carapace-vmm").contains(&pid) {
                 // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }

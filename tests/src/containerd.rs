@@ -338,6 +338,23 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Processes running the program `name`: those whose argv[0] has that file name (a process
+/// that only mentions it, a `cat` of its binary say, is not one).
+pub fn processes_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
+                argv0.rsplit(|&b| b == b'/').next() == Some(name.as_bytes())
+            })
+        })
+        .collect()
+}
+
 /// Mount points at or under `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -356,5 +373,36 @@ fn unmount_under(dir: &Path) {
         let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
         // SAFETY: umount2 with a NUL-terminated path; MNT_DETACH never blocks.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_named_by_its_program_not_by_its_arguments() {
+        // `; true`: the shell stays, with the name among its arguments.
+        let mut mentions = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true", "/x/carapace-test-name"])
+            .spawn()
+            .unwrap();
+        let id = mentions.id();
+        // Its command line reads empty until exec has set it up.
+        for _ in 0..100 {
+            if std::fs::read(format!("/proc/{id}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let named = processes_named("sh").contains(&id);
+        let by_argument = processes_named("carapace-test-name").contains(&id);
+        let mentioned = processes_mentioning("carapace-test-name").contains(&id);
+        let _ = mentions.kill();
+        let _ = mentions.wait();
+        assert!(
+            named && mentioned && !by_argument,
+            "{named} {mentioned} {by_argument}"
+        );
     }
 }
