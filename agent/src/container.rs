@@ -13,6 +13,7 @@ use std::time::Duration;
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container as LcContainer, ContainerStatus};
+use libcontainer::oci_spec::runtime::LinuxSeccomp;
 use libcontainer::signal::Signal as LcSignal;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
@@ -37,6 +38,8 @@ pub struct Layout {
 
 struct Container {
     lc: LcContainer,
+    /// Its spec's seccomp profile, which its execs run under too (see [`crate::seccomp`]).
+    seccomp: Option<LinuxSeccomp>,
     cgroup_path: String,
     bundle: PathBuf,
     init: Arc<Process>,
@@ -154,6 +157,7 @@ impl Containers {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
 
         let bundle = self.layout.state_dir.join("bundles").join(id);
         let _ = std::fs::remove_dir_all(&bundle);
@@ -189,6 +193,7 @@ impl Containers {
             id.to_string(),
             Container {
                 lc,
+                seccomp,
                 cgroup_path,
                 bundle,
                 init: Arc::new(init),
@@ -265,7 +270,7 @@ impl Containers {
     /// Runs another process in a running container.
     pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<()> {
         spec::validate_id("exec", exec_id)?;
-        let process = spec::parse_process(process_json)?;
+        let mut process = spec::parse_process(process_json)?;
         let mut map = self.lock();
         let c = map.get_mut(id).ok_or_else(|| not_found(id))?;
         if c.execs.contains_key(exec_id) {
@@ -281,18 +286,23 @@ impl Containers {
             )));
         }
         let terminal = process.terminal().unwrap_or(false);
+        let filtered = c
+            .seccomp
+            .as_ref()
+            .map(|profile| crate::seccomp::prepare(&mut process, profile))
+            .transpose()?;
         let path = c.bundle.join(format!("exec-{exec_id}.json"));
         std::fs::write(
             &path,
             serde_json::to_vec(&process).map_err(|e| AgentError::Internal(e.to_string()))?,
         )
         .map_err(|e| AgentError::io("writing the exec process", e))?;
-        let (builder, io) = self.with_stdio(
-            self.builder(id)?,
-            &c.bundle,
-            &format!("exec-{exec_id}"),
-            terminal,
-        )?;
+        let mut builder = self.builder(id)?;
+        if let Some(f) = filtered {
+            builder = builder.with_executor(f);
+        }
+        let (builder, io) =
+            self.with_stdio(builder, &c.bundle, &format!("exec-{exec_id}"), terminal)?;
         let pid = builder
             .as_tenant()
             .with_detach(true)

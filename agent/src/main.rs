@@ -18,6 +18,7 @@ mod oom;
 mod process;
 mod reaper;
 mod sandbox;
+mod seccomp;
 mod service;
 
 // The request checks live in the library, where the fuzz target reaches them; `crate::error`

@@ -118,6 +118,16 @@ impl Agent {
 
     async fn exec(&self, id: &str, exec: &str, args: &[&str]) -> ttrpc::Result<()> {
         let process = serde_json::json!({"args": args, "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
+        self.exec_process(id, exec, process).await
+    }
+
+    /// ExecProcess with the OCI process `process`.
+    async fn exec_process(
+        &self,
+        id: &str,
+        exec: &str,
+        process: serde_json::Value,
+    ) -> ttrpc::Result<()> {
         let req = ExecProcessRequest {
             container_id: id.into(),
             exec_id: exec.into(),
@@ -604,5 +614,60 @@ async fn wait_reports_when_the_process_was_reaped() {
         waited.duration_since(at).unwrap() >= Duration::from_secs(1),
         "exited {at:?}, waited {waited:?}"
     );
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabilities() {
+    let Some(a) = Agent::start("seccomp").await else {
+        return;
+    };
+    // A profile that refuses mkdir with EPERM and allows the rest.
+    let profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    });
+    let spec = a.spec(&["sleep", "1000"], |s| {
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_seccomp(Some(serde_json::from_value(profile).unwrap()));
+        s.set_linux(Some(linux));
+    });
+    a.run("c1", spec).await;
+    let show = "grep -E '^(Seccomp|NoNewPrivs|CapBnd|CapEff|CapPrm):' /proc/self/status; \
+        mkdir /tmp/made 2>&1 || echo refused";
+    // As containerd sends them: capabilities named, with and without no_new_privs. CAP_KILL
+    // alone: bit 5. Without no_new_privs the exec is lent CAP_SYS_ADMIN and CAP_SETPCAP to
+    // install the filter and must not keep them.
+    for (exec, no_new_privs) in [("e1", false), ("e2", true)] {
+        let kill = serde_json::json!(["CAP_KILL"]);
+        let process = serde_json::json!({
+            "args": ["sh", "-c", show], "cwd": "/", "env": ["PATH=/bin"],
+            "user": {"uid": 0, "gid": 0}, "noNewPrivileges": no_new_privs,
+            "capabilities": {"bounding": kill, "effective": kill, "permitted": kill},
+        });
+        a.exec_process("c1", exec, process).await.unwrap();
+        let out = a.read_all("c1", exec, false).await;
+        assert_eq!(a.wait("c1", exec).await.exit_status, 0, "{out}");
+        let lines: Vec<String> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        let nnp = if no_new_privs { "1" } else { "0" };
+        assert_eq!(
+            lines,
+            [
+                "CapPrm: 0000000000000020".to_string(),
+                "CapEff: 0000000000000020".to_string(),
+                "CapBnd: 0000000000000020".to_string(),
+                format!("NoNewPrivs: {nnp}"),
+                "Seccomp: 2".to_string(),
+                "mkdir: can't create directory '/tmp/made': Operation not permitted".to_string(),
+                "refused".to_string(),
+            ],
+            "exec {exec} (no_new_privs {no_new_privs})"
+        );
+    }
+    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
+    a.wait("c1", "").await;
     a.remove("c1").await;
 }
