@@ -1,5 +1,5 @@
-//! A long-running container in a carapace microVM driven with `ctr task`: exec (output and
-//! exit code), ps, pause/resume, metrics, kill -9 (exit 137), and a VMM that dies under its
+//! A long-running container in a carapace microVM driven with `ctr task`: exec (output, exit
+//! code, the container's seccomp profile), ps, pause/resume, metrics, kill -9 (exit 137), and a VMM that dies under its
 //! container (TaskExit published, nothing left after delete).
 
 use std::time::Duration;
@@ -10,10 +10,12 @@ use carapace_tests::containerd::Containerd;
 use carapace_tests::lab::wait_for;
 use carapace_tests::lab_test;
 
+/// Runs `sleep 1000` as container `id`, under containerd's default seccomp profile.
 fn run_detached(c: &Containerd, id: &str) {
     c.ctr_ok(&[
         "run",
         "-d",
+        "--seccomp",
         "--runtime",
         RUNTIME,
         BUSYBOX_IMAGE,
@@ -37,6 +39,10 @@ lab_test! {
         // The exec sees the container's own processes (same pid namespace): sleep is there.
         let out = c.ctr_ok(&["task", "exec", "--exec-id", "e3", "d1", "ps"]);
         assert!(out.contains("sleep 1000"), "ps in the container: {out}");
+        // The exec runs under the container's seccomp profile, as its first process does.
+        let out = c.ctr_ok(&["task", "exec", "--exec-id", "e4", "d1", "sh", "-c", "grep ^Seccomp: /proc/1/status /proc/self/status"]);
+        let modes: Vec<&str> = out.lines().map(|l| l.split_whitespace().last().unwrap_or("")).collect();
+        assert_eq!(modes, ["2", "2"], "init's and the exec's seccomp modes: {out}");
 
         let ps = c.ctr_ok(&["task", "ps", "d1"]);
         assert!(ps.lines().count() >= 2, "ctr task ps lists a process: {ps}");
