@@ -209,6 +209,7 @@ pub fn enter_pid_namespace(seccomp: bool) -> Result<(), JailError> {
     // the write end closes with the supervisor.
     let (alive_r, alive_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    crate::vm::count_cpu_before_fork();
     // SAFETY: the process has one thread, so the child may run any code.
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         nix::unistd::ForkResult::Parent { child } => {

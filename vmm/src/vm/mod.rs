@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -115,8 +116,24 @@ pub enum MachineError {
     DeviceConfig(String),
 }
 
-/// CPU time this process has used so far (user and system), in microseconds.
+/// CPU time this process has used so far (user and system), in microseconds, counting
+/// what it used before the jail forked it into its PID namespace (see
+/// [`count_cpu_before_fork`]).
 pub fn process_cpu_us() -> u64 {
+    own_cpu_us() + CPU_BEFORE_FORK_US.load(Ordering::Relaxed)
+}
+
+/// The CPU time the process had used when it forked into its PID namespace, in µs: a forked
+/// child's clock starts again at zero.
+static CPU_BEFORE_FORK_US: AtomicU64 = AtomicU64::new(0);
+
+/// Called right before the jail's fork (`crate::jail::enter_pid_namespace`): the child, which
+/// goes on to be the VMM, then counts the time spent before it in [`process_cpu_us`].
+pub fn count_cpu_before_fork() {
+    CPU_BEFORE_FORK_US.store(own_cpu_us(), Ordering::Relaxed);
+}
+
+fn own_cpu_us() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
