@@ -7,6 +7,7 @@ use std::io::IoSliceMut;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ pub struct Containers {
     layout: Layout,
     reaper: Reaper,
     map: Mutex<HashMap<String, Container>>,
+    /// Names the console sockets: `consoles/<n>.sock` stays within a Unix socket path's 108
+    /// bytes whatever the ids (CRI's are 64 characters each; a path built from a container
+    /// and an exec id is not).
+    consoles: AtomicU64,
     sandbox: Mutex<SandboxFiles>,
     oom_tx: mpsc::UnboundedSender<String>,
     /// Watches on the containers' `memory.events`; `None` where inotify is not to be had.
@@ -76,7 +81,7 @@ impl Containers {
         reaper: Reaper,
         oom_tx: mpsc::UnboundedSender<String>,
     ) -> Result<Self> {
-        for dir in ["containers", "bundles"] {
+        for dir in ["containers", "bundles", "consoles"] {
             std::fs::create_dir_all(layout.state_dir.join(dir))
                 .map_err(|e| AgentError::io("creating the state directory", e))?;
         }
@@ -84,6 +89,7 @@ impl Containers {
             layout,
             reaper,
             map: Mutex::new(HashMap::new()),
+            consoles: AtomicU64::new(0),
             sandbox: Mutex::new(SandboxFiles::default()),
             oom_tx,
             oom_watch: crate::oom::OomWatch::new()
@@ -165,7 +171,7 @@ impl Containers {
         let result = (|| {
             spec.save(bundle.join("config.json"))
                 .map_err(|e| AgentError::Internal(format!("writing config.json: {e}")))?;
-            let (builder, io) = self.with_stdio(self.builder(id)?, &bundle, "init", terminal)?;
+            let (builder, io) = self.with_stdio(self.builder(id)?, terminal)?;
             let lc = builder
                 .as_init(&bundle)
                 .with_systemd(false)
@@ -218,21 +224,27 @@ impl Containers {
         let _ = std::fs::remove_dir_all(bundle);
     }
 
+    /// `builder` with the process's stdio: a console socket libcontainer sends the pty
+    /// master to when `terminal`, else pipes.
     fn with_stdio(
         &self,
         builder: ContainerBuilder,
-        bundle: &Path,
-        name: &str,
         terminal: bool,
     ) -> Result<(ContainerBuilder, PendingStdio)> {
         if terminal {
-            let path = bundle.join(format!("{name}.console"));
+            let n = self.consoles.fetch_add(1, Ordering::Relaxed);
+            let path = self
+                .layout
+                .state_dir
+                .join("consoles")
+                .join(format!("{n}.sock"));
             let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)
-                .map_err(|e| AgentError::io("binding the console socket", e))?;
+            let listener = UnixListener::bind(&path).map_err(|e| {
+                AgentError::io(&format!("binding the console socket {}", path.display()), e)
+            })?;
             Ok((
                 builder.with_console_socket(Some(&path)),
-                PendingStdio::Pty(listener, path),
+                PendingStdio::Pty(ConsoleSocket { listener, path }),
             ))
         } else {
             let (ours, child) = Stdio::pipes()?;
@@ -301,8 +313,7 @@ impl Containers {
         if let Some(f) = filtered {
             builder = builder.with_executor(f);
         }
-        let (builder, io) =
-            self.with_stdio(builder, &c.bundle, &format!("exec-{exec_id}"), terminal)?;
+        let (builder, io) = self.with_stdio(builder, terminal)?;
         let pid = builder
             .as_tenant()
             .with_detach(true)
@@ -522,18 +533,26 @@ impl Containers {
 enum PendingStdio {
     Pipes(Stdio),
     /// libcontainer connects to this socket and sends the pty master over it.
-    Pty(UnixListener, PathBuf),
+    Pty(ConsoleSocket),
+}
+
+/// A console socket, removed when it is dropped (received from or not).
+struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl PendingStdio {
     fn finish(self) -> Result<Stdio> {
         match self {
             Self::Pipes(s) => Ok(s),
-            Self::Pty(listener, path) => {
-                let fd = receive_fd(&listener);
-                let _ = std::fs::remove_file(path);
-                Stdio::pty(fd?)
-            }
+            Self::Pty(console) => Stdio::pty(receive_fd(&console.listener)?),
         }
     }
 }

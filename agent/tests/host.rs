@@ -671,3 +671,33 @@ async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabiliti
     a.wait("c1", "").await;
     a.remove("c1").await;
 }
+
+#[tokio::test]
+async fn terminals_work_with_the_longest_ids_cri_uses() {
+    let Some(a) = Agent::start("tty-ids").await else {
+        return;
+    };
+    // 64 hex characters each, as CRI's container and exec ids are.
+    let (id, exec) = ("c".repeat(64), "e".repeat(64));
+    let spec = a.spec(&["sleep", "1000"], |s| {
+        let mut p = s.process().clone().unwrap();
+        p.set_terminal(Some(true));
+        s.set_process(Some(p));
+    });
+    a.run(&id, spec).await;
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "tty"], "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}, "terminal": true,
+    });
+    a.exec_process(&id, &exec, process).await.unwrap();
+    let out = a.read_all(&id, &exec, false).await;
+    assert!(out.contains("/dev/pts/"), "the exec has no pty: {out:?}");
+    assert_eq!(a.wait(&id, &exec).await.exit_status, 0);
+    let consoles: Vec<_> = std::fs::read_dir(a.dir.join("state/consoles"))
+        .unwrap()
+        .collect();
+    assert!(consoles.is_empty(), "console sockets left: {consoles:?}");
+    a.signal(&id, "", libc::SIGKILL, true).await.unwrap();
+    a.wait(&id, "").await;
+    a.remove(&id).await;
+}
