@@ -123,6 +123,12 @@ pub fn adapt(spec: &mut Spec, place: &Placement<'_>) -> Result<()> {
     }
     linux.set_namespaces(Some(namespaces));
     linux.set_cgroups_path(Some(PathBuf::from(&place.cgroup_path)));
+    let propagation = linux
+        .rootfs_propagation()
+        .as_deref()
+        .map(rootfs_propagation)
+        .transpose()?;
+    linux.set_rootfs_propagation(propagation.map(String::from));
     spec.set_linux(Some(linux));
 
     if spec.hostname().is_none() {
@@ -136,6 +142,23 @@ pub fn adapt(spec: &mut Spec, place: &Placement<'_>) -> Result<()> {
     }
     spec.set_mounts(Some(mounts));
     Ok(())
+}
+
+/// The spec's `rootfsPropagation` as libcontainer takes it. containerd's CRI plugin sends
+/// runc's recursive names (`rshared` for a pod with a bidirectional mount, `rslave` for
+/// host-to-container); libcontainer knows only the plain ones, and makes the rootfs's
+/// propagation recursive whichever it is given. It acts between the container's mount
+/// namespace and the guest's, the only ones it can reach from inside the VM.
+fn rootfs_propagation(value: &str) -> Result<&'static str> {
+    match value {
+        "shared" | "rshared" => Ok("shared"),
+        "slave" | "rslave" => Ok("slave"),
+        "private" | "rprivate" => Ok("private"),
+        "unbindable" | "runbindable" => Ok("unbindable"),
+        other => Err(AgentError::InvalidArgument(format!(
+            "rootfsPropagation {other:?} is not one of (r)shared, (r)slave, (r)private, (r)unbindable"
+        ))),
+    }
 }
 
 fn bind_ro(source: &Path, dest: &str) -> Result<Mount> {
@@ -202,6 +225,41 @@ mod tests {
         );
         assert_eq!(spec.root().as_ref().unwrap().path(), &dir);
         assert_eq!(spec.hostname().as_deref(), Some("pod"));
+    }
+
+    #[test]
+    fn rootfs_propagation_is_what_libcontainer_takes() {
+        let sandbox = SandboxFiles::default();
+        let dir = std::env::temp_dir();
+        let place = Placement {
+            rootfs: &dir,
+            cgroup_path: "/c".into(),
+            sandbox: &sandbox,
+        };
+        let with = |value: Option<&str>| {
+            let mut spec = minimal();
+            let mut linux = spec.linux().clone().unwrap_or_default();
+            linux.set_rootfs_propagation(value.map(String::from));
+            spec.set_linux(Some(linux));
+            adapt(&mut spec, &place)
+                .map(|()| spec.linux().clone().unwrap().rootfs_propagation().clone())
+        };
+        for (sent, taken) in [
+            ("rshared", "shared"),
+            ("rslave", "slave"),
+            ("rprivate", "private"),
+            ("runbindable", "unbindable"),
+            ("shared", "shared"),
+            ("slave", "slave"),
+        ] {
+            assert_eq!(with(Some(sent)).unwrap().as_deref(), Some(taken), "{sent}");
+        }
+        assert_eq!(with(None).unwrap(), None);
+        let e = with(Some("rsideways")).unwrap_err();
+        assert!(
+            matches!(&e, AgentError::InvalidArgument(m) if m.contains("rsideways")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -701,3 +701,21 @@ async fn terminals_work_with_the_longest_ids_cri_uses() {
     a.wait(&id, "").await;
     a.remove(&id).await;
 }
+
+#[tokio::test]
+async fn the_rootfs_propagation_containerd_sends_is_taken() {
+    let Some(a) = Agent::start("propagation").await else {
+        return;
+    };
+    for (id, value) in [("c1", "rshared"), ("c2", "rslave")] {
+        let spec = a.spec(&["sh", "-c", "echo started"], |s| {
+            let mut linux = s.linux().clone().unwrap();
+            linux.set_rootfs_propagation(Some(value.into()));
+            s.set_linux(Some(linux));
+        });
+        a.run(id, spec).await;
+        assert_eq!(a.read_all(id, "", false).await, "started\n", "{value}");
+        assert_eq!(a.wait(id, "").await.exit_status, 0, "{value}");
+        a.remove(id).await;
+    }
+}
