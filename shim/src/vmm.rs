@@ -80,7 +80,7 @@ impl FsShare {
         Self(schema::FsConfig {
             tag: SHARE_TAG.into(),
             path: dir.to_path_buf(),
-            cache: schema::FsCache::Never,
+            cache: schema::FsCache::Auto,
             dax: false,
             read_only: false,
             allow_devices: false,

@@ -1,6 +1,6 @@
 //! containerd runs containers in carapace microVMs through containerd-shim-carapace-v2:
 //! `ctr run --rm --runtime io.containerd.carapace.v2` output, exit codes, a terminal
-//! (`ctr run -t`), and nothing left on the host afterwards (no VMM, no shim, no state directory, no mount).
+//! (`ctr run -t`), a privileged container, and nothing left on the host afterwards (no VMM, no shim, no state directory, no mount).
 
 use std::time::{Duration, Instant};
 
@@ -56,5 +56,25 @@ lab_test! {
             println!("{}", c.log());
         }
         println!("lab figure: ctr run --rm (carapace) first {:.0} ms, second {:.0} ms", ms(first), ms(second));
+    }
+}
+
+lab_test! {
+    fn a_privileged_container_runs_with_every_capability_and_the_guests_devices() {
+        let c = Carapace::start();
+        c.import(&busybox_image());
+        // Every device node of the spec is made in the container's /dev: those of the guest
+        // (its serial console, say), never the host's, which the guest cannot name.
+        let script = "grep ^CapEff: /proc/self/status; test -c /dev/ttyS0 && echo guest-serial; mknod /dev/made c 1 3 && echo x > /dev/made && echo made-null";
+        let start = Instant::now();
+        let (out, _) = (c.ctr_output(["run", "--rm", "--privileged", "--runtime", RUNTIME, BUSYBOX_IMAGE, "priv1", "sh", "-c", script]), ());
+        let took = start.elapsed();
+        assert!(out.status.success(), "{}", c.explain("ctr run --privileged", &out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<String> = stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        assert_eq!(lines[1..], ["guest-serial", "made-null"], "{stdout}");
+        assert!(lines[0].starts_with("CapEff: 000001ff") || lines[0].starts_with("CapEff: 000003ff"), "every capability: {stdout}");
+        c.assert_nothing_left();
+        println!("lab figure: ctr run --rm --privileged (carapace) {:.0} ms", ms(took));
     }
 }
