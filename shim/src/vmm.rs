@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(v["vsock"]["cid"], 3);
         assert_eq!(v["fs"][0]["tag"], "carapace");
         assert_eq!(v["fs"][0]["path"], "/run/carapace/p/shared");
-        assert_eq!(v["fs"][0]["cache"], "never");
+        assert_eq!(v["fs"][0]["cache"], "auto");
         assert!(v.get("block").is_none(), "empty lists are left out");
         assert_eq!(v["net"][0]["tap_fd"], 5);
         assert_eq!(v["net"][0]["mac"], "02:00:00:00:00:01");
@@ -342,7 +342,7 @@ mod tests {
         let before = r#"{"kernel": "/k", "initramfs": "/i", "cmdline": "console=ttyS0",
             "vcpus": 1, "memory_mib": 256, "serial": {"file": "/s"}, "api_socket": "/a",
             "vsock": {"cid": 3, "socket": "/v"},
-            "fs": [{"tag": "carapace", "path": "/run/carapace/p/shared", "cache": "never",
+            "fs": [{"tag": "carapace", "path": "/run/carapace/p/shared", "cache": "auto",
                     "dax": false, "read_only": false}],
             "rng": true, "net": [{"tap_fd": 5, "mac": "02:00:00:00:00:01"}]}"#;
         assert_eq!(schema::VmConfig::from_json(before).unwrap(), c);
