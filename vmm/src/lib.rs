@@ -2,7 +2,8 @@
 //! kernel boot, the devices the guest sees (serial, i8042, virtio-mmio), the control API, and
 //! the owner-only Unix sockets the API and the vsock device listen on (`uds`), its
 //! per-thread syscall filters (`seccomp`) and the jail it confines itself to (`jail`); with
-//! the `fuzzing` feature (and in tests), the bodies of its fuzz targets (`fuzz`).
+//! the `fuzzing` feature (and in tests), the bodies of its fuzz targets (`fuzz`) and the
+//! scratch paths they and the tests use (`scratch`).
 
 pub mod api;
 pub mod arch;
@@ -13,6 +14,8 @@ pub mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod jail;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod scratch;
 pub mod seccomp;
 pub mod uds;
 pub mod vcpu;

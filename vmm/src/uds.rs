@@ -347,28 +347,15 @@ pub(crate) mod testutil {
     }
 
     /// A temporary directory every user may traverse, removed on drop.
-    pub struct OpenTempDir(pub std::path::PathBuf);
+    pub struct OpenTempDir(pub crate::scratch::Scratch);
 
     impl OpenTempDir {
         /// A new directory in the system's temporary directory.
         pub fn new(tag: &str) -> Self {
             use std::os::unix::fs::PermissionsExt;
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "carapace-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = crate::scratch::Scratch::dir(tag).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             OpenTempDir(dir)
-        }
-    }
-
-    impl Drop for OpenTempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

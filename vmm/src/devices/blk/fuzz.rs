@@ -2,9 +2,8 @@
 //! of `test_utils`), a fresh 8 KiB backing file per input, the device activated and notified;
 //! and the corpus's seeds.
 
-use std::fs::{self, File};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::scratch::Scratch;
+use std::fs::File;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -23,24 +22,15 @@ const DISK_SECTORS: u64 = 16;
 
 /// A backing file of `DISK_SECTORS` sectors for one input, removed on drop (a fresh one each
 /// time: inputs do not see each other's writes, and nothing is left behind).
-pub(crate) struct FuzzDisk(pub(crate) PathBuf);
+pub(crate) struct FuzzDisk(pub(crate) Scratch);
 
 impl FuzzDisk {
     pub(crate) fn new() -> FuzzDisk {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("carapace-fuzz-blk-{}-{n}", std::process::id()));
+        let path = Scratch::new("fuzz-blk");
         let file = File::create(&path).expect("cannot create the fuzz disk");
         file.set_len(DISK_SECTORS * SECTOR_SIZE)
             .expect("cannot size the fuzz disk");
         FuzzDisk(path)
-    }
-}
-
-impl Drop for FuzzDisk {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
     }
 }
 

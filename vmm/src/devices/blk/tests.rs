@@ -1,9 +1,9 @@
 //! Tests of the virtio-blk device, driven through virtio-queue's mock driver over in-memory
 //! guest memory and a temporary backing file.
 
+use crate::scratch::Scratch;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -25,14 +25,11 @@ const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
 
 /// A temporary backing file, removed on drop.
-struct TempDisk(PathBuf);
+struct TempDisk(Scratch);
 
 impl TempDisk {
     fn new(name: &str, sectors: u64) -> TempDisk {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("carapace-blk-{}-{n}-{name}", std::process::id()));
+        let path = Scratch::new(&format!("blk-{name}"));
         let bytes: Vec<u8> = (0..sectors * SECTOR_SIZE)
             .map(|i| (i / SECTOR_SIZE) as u8)
             .collect();
@@ -46,12 +43,6 @@ impl TempDisk {
 
     fn contents(&self) -> Vec<u8> {
         fs::read(&self.0).unwrap()
-    }
-}
-
-impl Drop for TempDisk {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
     }
 }
 

@@ -3,8 +3,7 @@
 //! beside it that the guest must never reach), the device activated and notified; the limits
 //! the fuzzing process runs under; and the corpus's seeds.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::scratch::Scratch;
 
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
@@ -37,24 +36,15 @@ pub fn init() {
 }
 
 /// One input's directory tree, removed on drop: `share/` is served, `outside` lies beside it.
-struct Tree(PathBuf);
+struct Tree(Scratch);
 
 impl Tree {
     fn new() -> Option<Tree> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("carapace-fuzz-fs-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = Scratch::new("fuzz-fs");
         std::fs::create_dir_all(dir.join("share")).ok()?;
         std::fs::write(dir.join("share/hello.txt"), b"hello from the host\n").ok()?;
         std::fs::write(dir.join("outside"), OUTSIDE).ok()?;
         Some(Tree(dir))
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

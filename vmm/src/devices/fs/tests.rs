@@ -2,11 +2,11 @@
 //! guest memory and a temporary shared directory: FUSE requests built by hand, as the guest's
 //! driver builds them.
 
+use crate::scratch::Scratch;
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::mock::MockSplitQueue;
@@ -41,15 +41,11 @@ pub(super) const ROOT: u64 = 1;
 
 /// A temporary directory tree, removed on drop: `share/` is what the device serves and
 /// `outside` a file next to it the guest must never reach.
-pub(super) struct TempTree(pub(super) PathBuf);
+pub(super) struct TempTree(pub(super) Scratch);
 
 impl TempTree {
     pub(super) fn new(name: &str) -> TempTree {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("carapace-fs-{}-{n}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
+        let path = Scratch::new(&format!("fs-{name}"));
         fs::create_dir_all(path.join("share")).unwrap();
         fs::write(path.join("outside"), b"host secret outside the share").unwrap();
         TempTree(path)
@@ -57,12 +53,6 @@ impl TempTree {
 
     pub(super) fn share(&self) -> PathBuf {
         self.0.join("share")
-    }
-}
-
-impl Drop for TempTree {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

@@ -3,10 +3,9 @@
 //! process connecting with `CONNECT`, and a host service listening on port 1024 for the
 //! guest's connections), the device activated and notified; and the corpus's seeds.
 
+use crate::scratch::Scratch;
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
@@ -24,23 +23,11 @@ const GUEST_CID: u64 = 3;
 const HOST_PORT: u32 = 1024;
 
 /// A directory for one input's sockets, removed on drop.
-struct SocketDir(PathBuf);
+struct SocketDir(Scratch);
 
 impl SocketDir {
     fn new() -> Option<SocketDir> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("carapace-fuzz-vsock-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).ok()?;
-        Some(SocketDir(dir))
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        Scratch::dir("fuzz-vsock").map(SocketDir)
     }
 }
 
