@@ -35,6 +35,30 @@ fn the_jail_holds_what_the_configuration_names() {
     assert!(c.trees.is_empty());
 }
 
+/// Runs `check` in a forked child (a process of one thread, as the VMM is when it enters and
+/// seals its jail) and returns the child's wait status: 0 when the check passed; a failed
+/// one is printed on stderr and exits 1.
+fn in_a_child(check: impl FnOnce() -> Result<(), String>) -> i32 {
+    // SAFETY: the child only makes system calls and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = match check() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("jail check: {e}");
+                1
+            }
+        };
+        // SAFETY: ends the child without the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
 /// Enters and seals a jail in a forked child (a process of one thread, as the VMM is
 /// then) and checks, from inside, what it left.
 #[test]
@@ -68,93 +92,75 @@ fn a_sealed_jail_holds_its_directories_and_shares_with_the_fs_capabilities() {
         dirs: vec![sockets.clone()],
         trees: vec![share.clone()],
     };
-    // SAFETY: the child only makes system calls and exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let check = || -> Result<(), String> {
-            let j = Jail::enter(&jail, &contents).map_err(|e| format!("{e:?}"))?;
-            // Inside, before the seal: what the machine opens is there.
-            let kept_open = std::fs::File::open(&kernel).map_err(|e| e.to_string())?;
-            if std::fs::write(&kernel, "x").is_ok() {
-                return Err("the kernel is writable".into());
-            }
-            if !Path::new("/proc/self/fd").exists() || !Path::new("/proc/self/smaps").exists() {
-                return Err("no /proc/self before the seal".into());
-            }
-            j.seal(true).map_err(|e| format!("{e:?}"))?;
-            drop(kept_open);
-            let top: Vec<_> = std::fs::read_dir("/")
-                .map_err(|e| e.to_string())?
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            let first = sockets.components().nth(1).unwrap().as_os_str().to_owned();
-            let mut top = top;
-            top.sort();
-            let mut want = vec![std::ffi::OsString::from("proc"), first];
-            want.sort();
-            if top != want {
-                return Err(format!("the sealed root holds {top:?}"));
-            }
-            // The VMM's own descriptors stay reachable by /proc/self/fd/N (the
-            // passthrough's xattr calls use that path): ENODATA, not ENOENT.
-            let held = std::fs::File::open(share.join("shared")).map_err(|e| e.to_string())?;
-            let by_fd =
-                std::ffi::CString::new(format!("/proc/self/fd/{}", held.as_raw_fd())).unwrap();
-            let mut buf = [0u8; 8];
-            // SAFETY: valid C strings and buffer.
-            let r = unsafe {
-                libc::getxattr(
-                    by_fd.as_ptr(),
-                    c"user.none".as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            let errno = std::io::Error::last_os_error().raw_os_error();
-            if r >= 0 || errno == Some(libc::ENOENT) {
-                return Err(format!("getxattr by /proc/self/fd: {r}, {errno:?}"));
-            }
-            if Path::new("/proc/self/smaps").exists() || Path::new("/.proc").exists() {
-                return Err("the temporary /proc is still there".into());
-            }
-            let read = |p: PathBuf| std::fs::read_to_string(p).ok();
-            if read(sockets.join("kept")).as_deref() != Some("here")
-                || read(share.join("shared")).as_deref() != Some("too")
-            {
-                return Err("a kept directory is not there".into());
-            }
-            if kernel.exists() {
-                return Err("an open-only path is still there".into());
-            }
-            if std::fs::write("/planted", "x").is_ok() {
-                return Err("the root is writable".into());
-            }
-            let eff = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
-            let bnd = caps::read(None, CapSet::Bounding).map_err(|e| e.to_string())?;
-            let want: CapsHashSet = FS_CAPABILITIES.into_iter().collect();
-            if eff != want || bnd != want {
-                return Err(format!("effective {eff:?}, bounding {bnd:?}"));
-            }
-            // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes plain values.
-            if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
-                return Err("no_new_privs is not set".into());
-            }
-            Ok(())
+    let status = in_a_child(|| {
+        let j = Jail::enter(&jail, &contents).map_err(|e| format!("{e:?}"))?;
+        // Inside, before the seal: what the machine opens is there.
+        let kept_open = std::fs::File::open(&kernel).map_err(|e| e.to_string())?;
+        if std::fs::write(&kernel, "x").is_ok() {
+            return Err("the kernel is writable".into());
+        }
+        if !Path::new("/proc/self/fd").exists() || !Path::new("/proc/self/smaps").exists() {
+            return Err("no /proc/self before the seal".into());
+        }
+        j.seal(true).map_err(|e| format!("{e:?}"))?;
+        drop(kept_open);
+        let top: Vec<_> = std::fs::read_dir("/")
+            .map_err(|e| e.to_string())?
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let first = sockets.components().nth(1).unwrap().as_os_str().to_owned();
+        let mut top = top;
+        top.sort();
+        let mut want = vec![std::ffi::OsString::from("proc"), first];
+        want.sort();
+        if top != want {
+            return Err(format!("the sealed root holds {top:?}"));
+        }
+        // The VMM's own descriptors stay reachable by /proc/self/fd/N (the
+        // passthrough's xattr calls use that path): ENODATA, not ENOENT.
+        let held = std::fs::File::open(share.join("shared")).map_err(|e| e.to_string())?;
+        let by_fd = std::ffi::CString::new(format!("/proc/self/fd/{}", held.as_raw_fd())).unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: valid C strings and buffer.
+        let r = unsafe {
+            libc::getxattr(
+                by_fd.as_ptr(),
+                c"user.none".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
         };
-        let code = match check() {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("jail check: {e}");
-                1
-            }
-        };
-        // SAFETY: ends the child without the parent's atexit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if r >= 0 || errno == Some(libc::ENOENT) {
+            return Err(format!("getxattr by /proc/self/fd: {r}, {errno:?}"));
+        }
+        if Path::new("/proc/self/smaps").exists() || Path::new("/.proc").exists() {
+            return Err("the temporary /proc is still there".into());
+        }
+        let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+        if read(sockets.join("kept")).as_deref() != Some("here")
+            || read(share.join("shared")).as_deref() != Some("too")
+        {
+            return Err("a kept directory is not there".into());
+        }
+        if kernel.exists() {
+            return Err("an open-only path is still there".into());
+        }
+        if std::fs::write("/planted", "x").is_ok() {
+            return Err("the root is writable".into());
+        }
+        let eff = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
+        let bnd = caps::read(None, CapSet::Bounding).map_err(|e| e.to_string())?;
+        let want: CapsHashSet = FS_CAPABILITIES.into_iter().collect();
+        if eff != want || bnd != want {
+            return Err(format!("effective {eff:?}, bounding {bnd:?}"));
+        }
+        // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes plain values.
+        if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
+            return Err("no_new_privs is not set".into());
+        }
+        Ok(())
+    });
     let left = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
     let _ = std::fs::remove_dir_all(&base);
     assert!(
@@ -195,59 +201,42 @@ fn a_sealed_jail_without_shares_takes_the_user_and_every_capability_away() {
         dirs: vec![vm.clone()],
         trees: Vec::new(),
     };
-    // SAFETY: the child only makes system calls and exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let check = || -> Result<(), String> {
-            let j = Jail::enter(&jail, &contents).map_err(|e| format!("{e:?}"))?;
-            j.seal(false).map_err(|e| format!("{e:?}"))?;
-            let mut ids = [0; 3];
-            let mut gids = [0; 3];
-            // SAFETY: each call writes three ids into the arrays it is given.
-            unsafe {
-                libc::getresuid(&mut ids[0], &mut ids[1], &mut ids[2]);
-                libc::getresgid(&mut gids[0], &mut gids[1], &mut gids[2]);
+    let status = in_a_child(|| {
+        let j = Jail::enter(&jail, &contents).map_err(|e| format!("{e:?}"))?;
+        j.seal(false).map_err(|e| format!("{e:?}"))?;
+        let mut ids = [0; 3];
+        let mut gids = [0; 3];
+        // SAFETY: each call writes three ids into the arrays it is given.
+        unsafe {
+            libc::getresuid(&mut ids[0], &mut ids[1], &mut ids[2]);
+            libc::getresgid(&mut gids[0], &mut gids[1], &mut gids[2]);
+        }
+        // SAFETY: a size of 0 asks only for the count.
+        let groups = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        if ids != [USER; 3] || gids != [USER; 3] || groups != 0 {
+            return Err(format!("uids {ids:?}, gids {gids:?}, {groups} groups"));
+        }
+        for set in [
+            CapSet::Effective,
+            CapSet::Permitted,
+            CapSet::Inheritable,
+            CapSet::Ambient,
+            CapSet::Bounding,
+        ] {
+            let held = caps::read(None, set).map_err(|e| e.to_string())?;
+            if !held.is_empty() {
+                return Err(format!("{set:?} holds {held:?}"));
             }
-            // SAFETY: a size of 0 asks only for the count.
-            let groups = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-            if ids != [USER; 3] || gids != [USER; 3] || groups != 0 {
-                return Err(format!("uids {ids:?}, gids {gids:?}, {groups} groups"));
-            }
-            for set in [
-                CapSet::Effective,
-                CapSet::Permitted,
-                CapSet::Inheritable,
-                CapSet::Ambient,
-                CapSet::Bounding,
-            ] {
-                let held = caps::read(None, set).map_err(|e| e.to_string())?;
-                if !held.is_empty() {
-                    return Err(format!("{set:?} holds {held:?}"));
-                }
-            }
-            // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes plain values.
-            if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
-                return Err("no_new_privs is not set".into());
-            }
-            std::fs::write(vm.join("console.log"), "rotated")
-                .and_then(|()| std::fs::rename(vm.join("console.log"), vm.join("console.log.1")))
-                .map_err(|e| format!("writing in its directory: {e}"))?;
-            Ok(())
-        };
-        let code = match check() {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("jail check: {e}");
-                1
-            }
-        };
-        // SAFETY: ends the child without the parent's atexit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        }
+        // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes plain values.
+        if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
+            return Err("no_new_privs is not set".into());
+        }
+        std::fs::write(vm.join("console.log"), "rotated")
+            .and_then(|()| std::fs::rename(vm.join("console.log"), vm.join("console.log.1")))
+            .map_err(|e| format!("writing in its directory: {e}"))?;
+        Ok(())
+    });
     let wrote = vm.join("console.log.1").exists();
     let _ = std::fs::remove_dir_all(&base);
     assert!(
