@@ -123,13 +123,33 @@ impl Containers {
         )
     }
 
-    /// Creates container `id` (its init process waits for StartContainer).
-    pub fn create(&self, id: &str, spec_json: &[u8], rootfs: &str) -> Result<()> {
+    /// Creates container `id` (its init process waits for StartContainer), in the namespaces
+    /// of `shared` (their types, and the container whose first process has them) where
+    /// given.
+    pub fn create(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        rootfs: &str,
+        shared: Option<(&str, &[String])>,
+    ) -> Result<()> {
         spec::validate_id("container", id)?;
         if self.lock().contains_key(id) {
             return Err(AgentError::AlreadyExists(format!("container {id:?}")));
         }
         let mut spec = spec::parse(spec_json)?;
+        if let Some((of, types)) = shared {
+            let pid = {
+                let map = self.lock();
+                let c = map.get(of).ok_or_else(|| {
+                    AgentError::FailedPrecondition(format!(
+                        "container {id:?} shares the namespaces of container {of:?}, which is not here"
+                    ))
+                })?;
+                c.init.pid
+            };
+            spec::join_namespaces(&mut spec, pid.as_raw(), types)?;
+        }
         let rootfs = if rootfs.is_empty() {
             spec.root()
                 .as_ref()

@@ -162,10 +162,14 @@ impl AgentService for Agent {
         req: CreateContainerRequest,
     ) -> TResult<Empty> {
         tracing::info!(id = req.container_id, "CreateContainer");
+        let shared = (!req.shared_namespaces.is_empty()).then_some((
+            req.share_namespaces_of.as_str(),
+            req.shared_namespaces.as_slice(),
+        ));
         done(
             "CreateContainer",
             self.containers
-                .create(&req.container_id, &req.oci_spec, &req.rootfs),
+                .create(&req.container_id, &req.oci_spec, &req.rootfs, shared),
         )?;
         Ok(Empty::new())
     }

@@ -144,6 +144,35 @@ pub fn adapt(spec: &mut Spec, place: &Placement<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Makes `spec` join, for each of `types` ("ipc", "uts", "pid"), the namespace of that type
+/// of process `pid` in the agent's view (the pod's sandbox container's first process)
+/// instead of a new one of its own. Other types are refused: the network is the pod's
+/// already, and a mount namespace is each container's own.
+pub fn join_namespaces(spec: &mut Spec, pid: i32, types: &[String]) -> Result<()> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    for name in types {
+        let typ = match name.as_str() {
+            "ipc" => LinuxNamespaceType::Ipc,
+            "uts" => LinuxNamespaceType::Uts,
+            "pid" => LinuxNamespaceType::Pid,
+            other => {
+                return Err(AgentError::InvalidArgument(format!(
+                    "a container can share the sandbox's ipc, uts and pid namespaces, not {other:?}"
+                )))
+            }
+        };
+        namespaces.retain(|ns| ns.typ() != typ);
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(typ);
+        ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/{name}"))));
+        namespaces.push(ns);
+    }
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
 /// The spec's `rootfsPropagation` as libcontainer takes it. containerd's CRI plugin sends
 /// runc's recursive names (`rshared` for a pod with a bidirectional mount, `rslave` for
 /// host-to-container); libcontainer knows only the plain ones, and makes the rootfs's

@@ -719,3 +719,57 @@ async fn the_rootfs_propagation_containerd_sends_is_taken() {
         a.remove(id).await;
     }
 }
+
+#[tokio::test]
+async fn a_container_joins_the_sandbox_containers_ipc_uts_and_pid_namespaces() {
+    let Some(a) = Agent::start("pod-ns").await else {
+        return;
+    };
+    a.run("sb", a.spec(&["sleep", "1000"], |_| {})).await;
+    let namespaces = "for n in ipc uts pid; do readlink /proc/self/ns/$n; done";
+    let show = format!("{namespaces}; ps -o args | grep -c '^sleep 1000'");
+    let req = CreateContainerRequest {
+        container_id: "app".into(),
+        oci_spec: a.spec(&["sh", "-c", &show], |_| {}),
+        rootfs: a.rootfs(),
+        share_namespaces_of: "sb".into(),
+        shared_namespaces: vec!["ipc".into(), "uts".into(), "pid".into()],
+        ..Default::default()
+    };
+    a.client.create_container(ctx(), &req).await.unwrap();
+    let start = StartContainerRequest {
+        container_id: "app".into(),
+        ..Default::default()
+    };
+    a.client.start_container(ctx(), &start).await.unwrap();
+    let out = a.read_all("app", "", false).await;
+    assert_eq!(a.wait("app", "").await.exit_status, 0, "{out}");
+    // The sandbox's namespaces, as its own exec sees them.
+    a.exec("sb", "e1", &["sh", "-c", namespaces]).await.unwrap();
+    let sandbox = a.read_all("sb", "e1", false).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..3].join("\n") + "\n",
+        sandbox,
+        "the app's namespaces are the sandbox's"
+    );
+    assert_eq!(lines[3], "1", "the app sees the sandbox's sleep: {out}");
+    // Only those types, and only of a container that is there.
+    let mut bad = req.clone();
+    bad.container_id = "bad".into();
+    bad.shared_namespaces = vec!["mnt".into()];
+    assert_eq!(
+        code(a.client.create_container(ctx(), &bad).await),
+        Code::INVALID_ARGUMENT
+    );
+    bad.shared_namespaces = vec!["ipc".into()];
+    bad.share_namespaces_of = "gone".into();
+    assert_eq!(
+        code(a.client.create_container(ctx(), &bad).await),
+        Code::FAILED_PRECONDITION
+    );
+    a.remove("app").await;
+    a.signal("sb", "", libc::SIGKILL, true).await.unwrap();
+    a.wait("sb", "").await;
+    a.remove("sb").await;
+}

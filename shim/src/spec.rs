@@ -81,6 +81,47 @@ pub struct HostBind {
     pub flags: BindFlags,
 }
 
+/// The namespace types ("ipc", "uts", "pid") `spec` asks to share with its pod's sandbox
+/// container: a namespace path `/proc/<pod_pid>/ns/<type>`, where `pod_pid` is the pid the
+/// pod's tasks report (its VMM's; none before the pod's VM boots), from which containerd's
+/// CRI plugin builds the paths it gives the pod's other containers. A path of those types that
+/// names any other process is refused: it is a host namespace, which a container in the VM
+/// cannot join. (Network paths are the pod's network, read by `network::netns_path`; other
+/// types' paths are dropped by [`for_guest`].)
+pub fn pod_namespaces(spec: &Spec, pod_pid: Option<u32>) -> Result<Vec<String>> {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    let mut shared = Vec::new();
+    for ns in &namespaces {
+        let (Some(path), Some(name)) = (ns.path(), shareable(ns.typ())) else {
+            continue;
+        };
+        let pods = pod_pid.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/{name}")));
+        if pods.as_deref() != Some(path.as_path()) {
+            return Err(ShimError::InvalidArgument(format!(
+                "the {name} namespace {} is not the pod's: a container in a VM cannot join a host namespace",
+                path.display()
+            )));
+        }
+        shared.push(name.to_string());
+    }
+    Ok(shared)
+}
+
+/// The name of a namespace type a pod's containers may share with its sandbox container.
+fn shareable(typ: oci_spec::runtime::LinuxNamespaceType) -> Option<&'static str> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    match typ {
+        T::Ipc => Some("ipc"),
+        T::Uts => Some("uts"),
+        T::Pid => Some("pid"),
+        _ => None,
+    }
+}
+
 /// Rewrites `spec` for the guest and lists the host paths to bind into the share. With
 /// `binds_allowed` false (no share to carry them), a host bind mount is refused.
 pub fn for_guest(
@@ -177,6 +218,58 @@ mod tests {
             assert!(e.to_string().contains("sandbox id"), "{e}");
         }
         assert!(sandbox_id(&Spec::default(), "../x").is_err());
+    }
+
+    #[test]
+    fn namespaces_of_the_pods_pid_are_shared_and_any_other_refused() {
+        let with = |paths: &[(LinuxNamespaceType, &str)]| {
+            let mut spec = Spec::default();
+            let mut linux = spec.linux().clone().unwrap();
+            let mut ns: Vec<_> = linux
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|n| !paths.iter().any(|(t, _)| *t == n.typ()))
+                .collect();
+            for (typ, path) in paths {
+                ns.push(
+                    LinuxNamespaceBuilder::default()
+                        .typ(*typ)
+                        .path(*path)
+                        .build()
+                        .unwrap(),
+                );
+            }
+            linux.set_namespaces(Some(ns));
+            spec.set_linux(Some(linux));
+            spec
+        };
+        let pod = with(&[
+            (LinuxNamespaceType::Ipc, "/proc/42/ns/ipc"),
+            (LinuxNamespaceType::Uts, "/proc/42/ns/uts"),
+            (LinuxNamespaceType::Pid, "/proc/42/ns/pid"),
+            (LinuxNamespaceType::Network, "/var/run/netns/cni-1"),
+        ]);
+        assert_eq!(
+            pod_namespaces(&pod, Some(42)).unwrap(),
+            ["ipc", "uts", "pid"]
+        );
+        assert!(pod_namespaces(&Spec::default(), None).unwrap().is_empty());
+        for (spec, pid) in [
+            (
+                with(&[(LinuxNamespaceType::Ipc, "/proc/1/ns/ipc")]),
+                Some(42),
+            ),
+            (with(&[(LinuxNamespaceType::Pid, "/proc/42/ns/pid")]), None),
+            (
+                with(&[(LinuxNamespaceType::Uts, "/proc/42/ns/ipc")]),
+                Some(42),
+            ),
+        ] {
+            let e = pod_namespaces(&spec, pid).unwrap_err();
+            assert!(e.to_string().contains("not the pod's"), "{e}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What a pod in a carapace microVM must do through containerd beyond one `ctr run`: two
-//! containers grouped into one VM by the CRI annotations, a memory limit enforced in the
+//! containers grouped into one VM by the CRI annotations (sharing the sandbox's ipc, uts and
+//! pid namespaces when the spec asks), a memory limit enforced in the
 //! guest with its OOM event, writes to the rootfs and to bind-mounted host directories
 //! reaching the host, stdin closing (CloseIO), Update, Checkpoint refused, the VM sized
 //! from annotations, events in containerd's order, a guest
@@ -105,6 +106,52 @@ lab_test! {
             assert!(topics.contains(&"/tasks/create".to_string()), "{id}: {topics:?}");
             assert!(topics.contains(&"/tasks/delete".to_string()), "{id}: {topics:?}");
         }
+    }
+}
+
+/// The pid `ctr task ls` shows for `id` (a carapace task's: its pod's VMM).
+fn task_pid(c: &Containerd, id: &str) -> String {
+    let tasks = c.ctr_ok(&["task", "ls"]);
+    tasks
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f[1].to_string())
+        })
+        .unwrap_or_else(|| panic!("no task {id}:\n{tasks}"))
+}
+
+lab_test! {
+    fn a_pods_containers_join_the_sandboxs_ipc_uts_and_pid_namespaces_as_cri_asks() {
+        let c = Carapace::start();
+        c.import(&busybox_image());
+        let sandbox = format!("{CONTAINER_TYPE}=sandbox");
+        run_detached(&c, &["--annotation", &sandbox], "pod2", &["sleep", "1000"]);
+        // The paths CRI gives a pod's containers: the sandbox task's namespaces.
+        let pid = task_pid(&c, "pod2");
+        let (member, pod) = (format!("{CONTAINER_TYPE}=container"), format!("{SANDBOX_ID}=pod2"));
+        let with: Vec<String> = ["ipc", "uts", "pid"].iter().map(|t| format!("{t}:/proc/{pid}/ns/{t}")).collect();
+        let mut flags = vec!["--annotation", &member, "--annotation", &pod];
+        for w in &with {
+            flags.extend(["--with-ns", w.as_str()]);
+        }
+        run_detached(&c, &flags, "app2", &["sleep", "1001"]);
+        let namespaces = "for n in ipc uts pid; do readlink /proc/self/ns/$n; done";
+        assert_eq!(exec(&c, "app2", "n1", namespaces), exec(&c, "pod2", "n2", namespaces), "app2 is in pod2's namespaces");
+        // One pid namespace: app2 sees the sandbox's process, and its own.
+        let ps = exec(&c, "app2", "p1", "ps -o args");
+        assert!(ps.contains("sleep 1000") && ps.contains("sleep 1001"), "{ps}");
+        // A namespace that is not the pod's is a host one: refused by name, nothing made.
+        let foreign = "ipc:/proc/1/ns/ipc";
+        let out = c.ctr_output(["run", "-d", "--runtime", RUNTIME, "--annotation", &member, "--annotation", &pod, "--with-ns", foreign, BUSYBOX_IMAGE, "app3", "true"]);
+        assert!(!out.status.success(), "{}", c.explain("a host ipc namespace", &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not the pod's"), "{}", c.explain("a host ipc namespace", &out));
+        let _ = c.ctr_output(["container", "rm", "app3"]);
+        for id in ["app2", "pod2"] {
+            kill9(&c, id);
+            c.delete_task(id, 137);
+        }
+        c.assert_nothing_left();
     }
 }
 

@@ -154,6 +154,9 @@ impl Pod {
         if state.containers.contains_key(id) {
             return Err(ShimError::AlreadyExists(format!("container {id:?}")));
         }
+        // Before anything is made for the pod: a refusal leaves nothing to undo.
+        let pod_pid = state.sandbox.as_ref().map(|_| state.pid());
+        let shared_namespaces = spec::pod_namespaces(&oci, pod_pid)?;
         let booting = match &state.sandbox {
             Some(s) if *s.id() != sid => {
                 return Err(ShimError::InvalidArgument(format!(
@@ -212,6 +215,8 @@ impl Pod {
                 container_id: id.to_string(),
                 oci_spec: spec_json,
                 rootfs: guest_rootfs.display().to_string(),
+                share_namespaces_of: sid.to_string(),
+                shared_namespaces: shared_namespaces.clone(),
                 ..Default::default()
             };
             let agent = sb.agent();
