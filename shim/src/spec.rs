@@ -1,7 +1,8 @@
 //! The OCI spec containerd wrote, rewritten for the guest: the rootfs moved to its place in
-//! the pod's share, host namespace paths and the host cgroup path dropped, host bind-mount
-//! sources moved into the share; and the pod a container belongs to, from the CRI
-//! annotations. Pure functions, unit-tested.
+//! the pod's share, the pod's namespace paths read as the sandbox container's (any other
+//! refused), host namespace paths and the host cgroup path dropped, host bind-mount sources
+//! moved into the share; and the pod a container belongs to, from the CRI annotations. Pure
+//! functions, unit-tested.
 
 use std::path::{Path, PathBuf};
 
