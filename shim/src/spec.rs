@@ -112,6 +112,37 @@ pub fn pod_namespaces(spec: &Spec, pod_pid: Option<u32>) -> Result<Vec<String>> 
     Ok(shared)
 }
 
+/// Refuses a spec that shares one of the host's pid, ipc, uts or network namespaces (the spec
+/// has no namespace of that type: how CRI asks for hostPID, hostIPC and hostNetwork, and
+/// `ctr run --net-host` for the network): the container runs in a VM, which cannot share any
+/// namespace of the host's.
+pub fn refuse_host_namespaces(spec: &Spec) -> Result<()> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    let host: Vec<&str> = [
+        (T::Pid, "pid"),
+        (T::Ipc, "ipc"),
+        (T::Uts, "uts"),
+        (T::Network, "network"),
+    ]
+    .into_iter()
+    .filter(|(typ, _)| !namespaces.iter().any(|n| n.typ() == *typ))
+    .map(|(_, name)| name)
+    .collect();
+    if host.is_empty() {
+        return Ok(());
+    }
+    Err(ShimError::InvalidArgument(format!(
+        "the spec shares the host's {} namespace{} (hostPID, hostIPC, hostNetwork): a container in a VM cannot share any namespace of the host's",
+        host.join(", "),
+        if host.len() > 1 { "s" } else { "" }
+    )))
+}
+
 /// The name of a namespace type a pod's containers may share with its sandbox container.
 fn shareable(typ: oci_spec::runtime::LinuxNamespaceType) -> Option<&'static str> {
     use oci_spec::runtime::LinuxNamespaceType as T;
@@ -270,6 +301,35 @@ mod tests {
         ] {
             let e = pod_namespaces(&spec, pid).unwrap_err();
             assert!(e.to_string().contains("not the pod's"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_spec_sharing_a_host_namespace_is_refused_by_name() {
+        assert!(refuse_host_namespaces(&Spec::default()).is_ok());
+        for (gone, named) in [
+            (&[LinuxNamespaceType::Pid][..], "host's pid namespace"),
+            (
+                &[LinuxNamespaceType::Network, LinuxNamespaceType::Uts][..],
+                "host's uts, network namespaces",
+            ),
+        ] {
+            let mut spec = Spec::default();
+            let mut linux = spec.linux().clone().unwrap();
+            let kept = linux
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|n| !gone.contains(&n.typ()))
+                .collect();
+            linux.set_namespaces(Some(kept));
+            spec.set_linux(Some(linux));
+            let e = refuse_host_namespaces(&spec).unwrap_err();
+            assert!(
+                matches!(e, ShimError::InvalidArgument(_)) && e.to_string().contains(named),
+                "{e}"
+            );
         }
     }
 

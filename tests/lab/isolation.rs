@@ -323,6 +323,13 @@ lab_test! {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("host's own network namespace"), "{err}");
         let _ = c.ctr_output(["container", "rm", "hostnet"]);
+        // A spec that shares the host's network (ctr --net-host; CRI's hostNetwork leaves the
+        // namespace out the same way) is refused by name: a VM cannot share it.
+        let out = c.ctr_output(["run", "--rm", "--runtime", RUNTIME, "--net-host", BUSYBOX_IMAGE, "nethost", "true"]);
+        assert!(!out.status.success(), "{}", c.explain("--net-host", &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("host's network namespace"), "{err}");
+        let _ = c.ctr_output(["container", "rm", "nethost"]);
 
         c.assert_nothing_left();
         assert_victim_intact(&victim);

@@ -156,6 +156,7 @@ impl Pod {
         }
         // Before anything is made for the pod: a refusal leaves nothing to undo.
         let pod_pid = state.sandbox.as_ref().map(|_| state.pid());
+        spec::refuse_host_namespaces(&oci)?;
         let shared_namespaces = spec::pod_namespaces(&oci, pod_pid)?;
         let booting = match &state.sandbox {
             Some(s) if *s.id() != sid => {
