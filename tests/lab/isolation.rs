@@ -343,6 +343,28 @@ fn status_field(pid: u32, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// Checks that the VMM of running container `id` serves the devices a pod uses: vsock (an
+/// exec), the rootfs (a file written, synced and read back), rng, and pause and resume
+/// through its control API.
+fn assert_the_vmm_serves_the_pod(c: &Carapace, id: &str) {
+    let out = c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "serves",
+        id,
+        "sh",
+        "-c",
+        "echo written > /f && sync && cat /f && head -c 16 /dev/urandom | wc -c",
+    ]);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["written", "16"], "{out}");
+    c.ctr_ok(&["task", "pause", id]);
+    assert_eq!(c.task_status(id), "PAUSED");
+    c.ctr_ok(&["task", "resume", id]);
+    assert_eq!(c.task_status(id), "RUNNING");
+}
+
 /// The capabilities a jailed VMM with a share keeps: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH,
 /// FOWNER, FSETID, SETGID, SETUID and MKNOD (bits 0-4, 6, 7, 27).
 const FS_CAPS: &str = "00000000080000df";
@@ -428,16 +450,7 @@ lab_test! {
 
         // The confined VMM serves every device the pod uses: vsock (exec), virtio-fs (the
         // rootfs written and read back), rng, pause and resume through the control API.
-        let out = c.ctr_ok(&[
-            "task", "exec", "--exec-id", "e1", "sc1", "sh", "-c",
-            "echo written > /f && cat /f && head -c 16 /dev/urandom | wc -c",
-        ]);
-        let lines: Vec<&str> = out.lines().map(str::trim).collect();
-        assert_eq!(lines, ["written", "16"], "{out}");
-        c.ctr_ok(&["task", "pause", "sc1"]);
-        assert_eq!(c.task_status("sc1"), "PAUSED");
-        c.ctr_ok(&["task", "resume", "sc1"]);
-        assert_eq!(c.task_status("sc1"), "RUNNING");
+        assert_the_vmm_serves_the_pod(&c, "sc1");
         let out = c.ctr_ok(&["task", "exec", "--exec-id", "e2", "sc1", "cat", "/f"]);
         assert_eq!(out.trim(), "written");
         c.ctr_ok(&["task", "kill", "-s", "9", "sc1"]);
@@ -507,16 +520,7 @@ lab_test! {
 
         // As that user it serves the pod: exec (vsock), the rootfs image written and read
         // back (blk), rng, pause and resume (the control API).
-        let out = c.ctr_ok(&[
-            "task", "exec", "--exec-id", "e1", "uc1", "sh", "-c",
-            "echo written > /f && sync && cat /f && head -c 16 /dev/urandom | wc -c",
-        ]);
-        let lines: Vec<&str> = out.lines().map(str::trim).collect();
-        assert_eq!(lines, ["written", "16"], "{out}");
-        c.ctr_ok(&["task", "pause", "uc1"]);
-        assert_eq!(c.task_status("uc1"), "PAUSED");
-        c.ctr_ok(&["task", "resume", "uc1"]);
-        assert_eq!(c.task_status("uc1"), "RUNNING");
+        assert_the_vmm_serves_the_pod(&c, "uc1");
         c.ctr_ok(&["task", "kill", "-s", "9", "uc1"]);
         let stopped = wait_for(Duration::from_secs(30), || (c.task_status("uc1") == "STOPPED").then_some(()));
         assert!(stopped.is_some(), "uc1 stops after kill -9");

@@ -326,32 +326,26 @@ pub fn make_temp_dir(prefix: &str) -> PathBuf {
 
 /// Pids of processes whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .collect()
+    processes_whose_cmdline(|c| String::from_utf8_lossy(c).contains(needle))
 }
 
 /// Processes running the program `name`: those whose argv[0] has that file name (a process
 /// that only mentions it, a `cat` of its binary say, is not one).
 pub fn processes_named(name: &str) -> Vec<u32> {
+    processes_whose_cmdline(|c| {
+        let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
+        argv0.rsplit(|&b| b == b'/').next() == Some(name.as_bytes())
+    })
+}
+
+/// Pids of the processes whose `/proc/<pid>/cmdline` (NUL-separated) `matches`.
+fn processes_whose_cmdline(matches: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
-                argv0.rsplit(|&b| b == b'/').next() == Some(name.as_bytes())
-            })
-        })
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| matches(&c)))
         .collect()
 }
 
