@@ -138,6 +138,14 @@ impl Containers {
             return Err(AgentError::AlreadyExists(format!("container {id:?}")));
         }
         let mut spec = spec::parse(spec_json)?;
+        let dropped = spec::drop_unenforceable_lsm(&mut spec, spec::GuestLsms::of_this_kernel());
+        if !dropped.is_empty() {
+            tracing::warn!(
+                id,
+                "not enforced, the guest has no such LSM: {}",
+                dropped.join(", ")
+            );
+        }
         if let Some((of, types)) = shared {
             let pid = {
                 let map = self.lock();
@@ -303,6 +311,18 @@ impl Containers {
     pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<()> {
         spec::validate_id("exec", exec_id)?;
         let mut process = spec::parse_process(process_json)?;
+        let dropped = spec::drop_unenforceable_lsm_of_process(
+            &mut process,
+            spec::GuestLsms::of_this_kernel(),
+        );
+        if !dropped.is_empty() {
+            tracing::warn!(
+                id,
+                exec_id,
+                "not enforced, the guest has no such LSM: {}",
+                dropped.join(", ")
+            );
+        }
         let mut map = self.lock();
         let c = map.get_mut(id).ok_or_else(|| not_found(id))?;
         if c.execs.contains_key(exec_id) {

@@ -144,6 +144,69 @@ pub fn adapt(spec: &mut Spec, place: &Placement<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The Linux security modules the guest kernel enforces, which decide what of a spec's LSM
+/// fields can be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLsms {
+    /// AppArmor is enabled (`/sys/module/apparmor/parameters/enabled` reads Y).
+    pub apparmor: bool,
+    /// SELinux is mounted (`/sys/fs/selinux/enforce` exists).
+    pub selinux: bool,
+}
+
+impl GuestLsms {
+    /// What this kernel enforces (carapace's guest kernel: neither).
+    pub fn of_this_kernel() -> Self {
+        let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|v| v.starts_with('Y'));
+        let selinux = Path::new("/sys/fs/selinux/enforce").exists();
+        Self { apparmor, selinux }
+    }
+}
+
+/// Clears the LSM fields of `spec` (its process's AppArmor profile and SELinux label, its
+/// mount label) that `lsms` cannot honour, as Kata's agent does, and returns what was
+/// cleared for the caller to log. containerd's CRI plugin names the host's LSM: an AppArmor
+/// profile on an AppArmor host (`cri-containerd.apparmor.d`), SELinux labels on an SELinux
+/// one. The guest has neither, and libcontainer refuses a container whose profile it cannot
+/// apply; the container is confined by the VM and by its seccomp profile, capabilities and
+/// namespaces instead.
+pub fn drop_unenforceable_lsm(spec: &mut Spec, lsms: GuestLsms) -> Vec<String> {
+    let mut dropped = Vec::new();
+    if let Some(mut process) = spec.process().clone() {
+        dropped = drop_unenforceable_lsm_of_process(&mut process, lsms);
+        spec.set_process(Some(process));
+    }
+    if !lsms.selinux {
+        if let Some(mut linux) = spec.linux().clone() {
+            if let Some(label) = linux.mount_label().clone() {
+                dropped.push(format!("SELinux mount label {label:?}"));
+                linux.set_mount_label(None);
+                spec.set_linux(Some(linux));
+            }
+        }
+    }
+    dropped
+}
+
+/// [`drop_unenforceable_lsm`] for a process of ExecProcess.
+pub fn drop_unenforceable_lsm_of_process(process: &mut Process, lsms: GuestLsms) -> Vec<String> {
+    let mut dropped = Vec::new();
+    if !lsms.apparmor {
+        if let Some(profile) = process.apparmor_profile().clone() {
+            dropped.push(format!("AppArmor profile {profile:?}"));
+            process.set_apparmor_profile(None);
+        }
+    }
+    if !lsms.selinux {
+        if let Some(label) = process.selinux_label().clone() {
+            dropped.push(format!("SELinux label {label:?}"));
+            process.set_selinux_label(None);
+        }
+    }
+    dropped
+}
+
 /// Makes `spec` join, for each of `types` ("ipc", "uts", "pid"), the namespace of that type
 /// of process `pid` in the agent's view (the pod's sandbox container's first process)
 /// instead of a new one of its own. Other types are refused: the network is the pod's
@@ -254,6 +317,43 @@ mod tests {
         );
         assert_eq!(spec.root().as_ref().unwrap().path(), &dir);
         assert_eq!(spec.hostname().as_deref(), Some("pod"));
+    }
+
+    #[test]
+    fn lsm_fields_the_guest_cannot_honour_are_cleared_and_named() {
+        let with_lsm = || {
+            let mut spec = minimal();
+            let mut p = spec.process().clone().unwrap();
+            p.set_apparmor_profile(Some("cri-containerd.apparmor.d".into()));
+            p.set_selinux_label(Some("system_u:system_r:container_t:s0".into()));
+            spec.set_process(Some(p));
+            let mut linux = spec.linux().clone().unwrap();
+            linux.set_mount_label(Some("system_u:object_r:container_file_t:s0".into()));
+            spec.set_linux(Some(linux));
+            spec
+        };
+        let none = GuestLsms {
+            apparmor: false,
+            selinux: false,
+        };
+        let mut spec = with_lsm();
+        let dropped = drop_unenforceable_lsm(&mut spec, none);
+        assert_eq!(dropped.len(), 3, "{dropped:?}");
+        assert!(
+            dropped[0].contains("cri-containerd.apparmor.d"),
+            "{dropped:?}"
+        );
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!((p.apparmor_profile(), p.selinux_label()), (&None, &None));
+        assert_eq!(spec.linux().as_ref().unwrap().mount_label(), &None);
+        // What the guest enforces stays.
+        let both = GuestLsms {
+            apparmor: true,
+            selinux: true,
+        };
+        let mut kept = with_lsm();
+        assert!(drop_unenforceable_lsm(&mut kept, both).is_empty());
+        assert_eq!(kept, with_lsm());
     }
 
     #[test]

@@ -773,3 +773,32 @@ async fn a_container_joins_the_sandbox_containers_ipc_uts_and_pid_namespaces() {
     a.wait("sb", "").await;
     a.remove("sb").await;
 }
+
+#[tokio::test]
+async fn an_apparmor_profile_the_guest_cannot_enforce_does_not_stop_a_container() {
+    let Some(a) = Agent::start("lsm").await else {
+        return;
+    };
+    if std::path::Path::new("/sys/module/apparmor/parameters/enabled").exists() {
+        eprintln!("skipped: this kernel has AppArmor, which the guest's has not");
+        return;
+    }
+    // As containerd's CRI plugin writes it on an AppArmor host.
+    let profile = "cri-containerd.apparmor.d";
+    let spec = a.spec(&["sleep", "1000"], |s| {
+        let mut p = s.process().clone().unwrap();
+        p.set_apparmor_profile(Some(profile.into()));
+        s.set_process(Some(p));
+    });
+    a.run("c1", spec).await;
+    let process = serde_json::json!({
+        "args": ["echo", "exec-ran"], "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}, "apparmorProfile": profile,
+    });
+    a.exec_process("c1", "e1", process).await.unwrap();
+    assert_eq!(a.read_all("c1", "e1", false).await, "exec-ran\n");
+    assert_eq!(a.wait("c1", "e1").await.exit_status, 0);
+    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
+    a.wait("c1", "").await;
+    a.remove("c1").await;
+}
