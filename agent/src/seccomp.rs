@@ -6,12 +6,13 @@
 //! [`Executor`] that wraps libcontainer's default one.
 //!
 //! Installing a filter needs no_new_privs or CAP_SYS_ADMIN. An exec with no_new_privs needs
-//! nothing more. One without it (Kubernetes' default: allowPrivilegeEscalation) keeps, through
-//! libcontainer's capability set-up, CAP_SYS_ADMIN and CAP_SETPCAP as well as its own, when
-//! its own lack them ([`prepare`] lends them), and drops them again once the filter is in,
-//! from the bounding set first (which needs CAP_SETPCAP), so it runs with exactly the
-//! capabilities its spec names. Those drops and the execve pass through the new filter: a
-//! profile that forbids them fails the exec, never runs it with more than it asked for.
+//! nothing more. One without it (Kubernetes' default: allowPrivilegeEscalation) has
+//! CAP_SYS_ADMIN and CAP_SETPCAP added, by [`prepare`], to those of its capability sets that
+//! lack them, so it holds them through libcontainer's capability set-up, and drops them
+//! again: from the bounding and inheritable sets before the filter is in (read back, so a
+//! filter that fakes the drops' success cannot keep them past execve), from the effective
+//! and permitted sets after. It runs with exactly the capabilities its spec names; a
+//! profile that forbids a drop fails the exec, never runs it with more.
 
 use libcontainer::oci_spec::runtime::{Capability as SpecCap, LinuxSeccomp, Process, Spec};
 use libcontainer::workload::default::DefaultExecutor;
@@ -31,8 +32,17 @@ const LENT: [(SpecCap, caps::Capability); 2] = [
 #[derive(Clone)]
 pub struct FilteredExec {
     seccomp: LinuxSeccomp,
-    /// Capabilities lent to the process to install the filter, dropped once it is in.
-    lent: Vec<caps::Capability>,
+    /// What was lent to the process to install the filter, dropped again.
+    lent: Lent,
+}
+
+/// The capabilities lent, by the set they were added to (a set the spec leaves unset, which
+/// libcontainer leaves as the agent's, is lent nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Lent {
+    bounding: Vec<caps::Capability>,
+    effective: Vec<caps::Capability>,
+    permitted: Vec<caps::Capability>,
 }
 
 /// Readies `process` (an exec of a container whose spec has `seccomp`) to be filtered: lends
@@ -46,28 +56,30 @@ pub fn prepare(process: &mut Process, seccomp: &LinuxSeccomp) -> Result<Filtered
                 .into(),
         ));
     }
-    let mut lent = Vec::new();
+    let mut lent = Lent::default();
     // Without a capabilities field libcontainer leaves the process every capability it has
     // (the agent's: all of them), so there is nothing to lend.
     if process.no_new_privileges() != Some(true) {
         if let Some(mut sets) = process.capabilities().clone() {
-            let mut bounding = sets.bounding().clone().unwrap_or_default();
-            let mut effective = sets.effective().clone().unwrap_or_default();
-            let mut permitted = sets.permitted().clone().unwrap_or_default();
+            let mut bounding = sets.bounding().clone();
+            let mut effective = sets.effective().clone();
+            let mut permitted = sets.permitted().clone();
             for (spec_cap, cap) in LENT {
-                let held = bounding.contains(&spec_cap)
-                    && effective.contains(&spec_cap)
-                    && permitted.contains(&spec_cap);
-                if !held {
-                    bounding.insert(spec_cap);
-                    effective.insert(spec_cap);
-                    permitted.insert(spec_cap);
-                    lent.push(cap);
+                for (set, into) in [
+                    (&mut bounding, &mut lent.bounding),
+                    (&mut effective, &mut lent.effective),
+                    (&mut permitted, &mut lent.permitted),
+                ] {
+                    if let Some(set) = set.as_mut() {
+                        if set.insert(spec_cap) {
+                            into.push(cap);
+                        }
+                    }
                 }
             }
-            sets.set_bounding(Some(bounding))
-                .set_effective(Some(effective))
-                .set_permitted(Some(permitted));
+            sets.set_bounding(bounding)
+                .set_effective(effective)
+                .set_permitted(permitted);
             process.set_capabilities(Some(sets));
         }
     }
@@ -81,23 +93,37 @@ fn failed(what: String) -> ExecutorError {
     ExecutorError::Other(what)
 }
 
+fn drop_from(
+    set: caps::CapSet,
+    lent: &[caps::Capability],
+) -> std::result::Result<(), ExecutorError> {
+    for &cap in lent {
+        caps::drop(None, set, cap)
+            .map_err(|e| failed(format!("dropping the lent {cap} from the {set:?} set: {e}")))?;
+    }
+    Ok(())
+}
+
 impl Executor for FilteredExec {
+    /// In this order, so that a filter that answers the drops falsely cannot keep what was
+    /// lent: the bounding set, and the inheritable set, before the filter (dropping from the
+    /// bounding set needs CAP_SETPCAP, and is read back); the filter (CAP_SYS_ADMIN
+    /// effective); the effective and permitted sets last, which execve recomputes from the
+    /// bounding and inheritable sets anyway.
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        drop_from(caps::CapSet::Bounding, &self.lent.bounding)?;
+        drop_from(caps::CapSet::Inheritable, &self.lent.bounding)?;
+        let bounding = caps::read(None, caps::CapSet::Bounding)
+            .map_err(|e| failed(format!("reading the bounding set: {e}")))?;
+        if let Some(cap) = self.lent.bounding.iter().find(|c| bounding.contains(c)) {
+            return Err(failed(format!(
+                "the lent {cap} is still in the bounding set"
+            )));
+        }
         libcontainer::seccomp::initialize_seccomp(&self.seccomp)
             .map_err(|e| failed(format!("installing the container's seccomp filter: {e}")))?;
-        for &cap in &self.lent {
-            caps::drop(None, caps::CapSet::Bounding, cap).map_err(|e| {
-                failed(format!(
-                    "dropping the lent {cap} from the bounding set: {e}"
-                ))
-            })?;
-        }
-        for &cap in &self.lent {
-            for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
-                caps::drop(None, set, cap)
-                    .map_err(|e| failed(format!("dropping the lent {cap} ({set:?}): {e}")))?;
-            }
-        }
+        drop_from(caps::CapSet::Effective, &self.lent.effective)?;
+        drop_from(caps::CapSet::Permitted, &self.lent.permitted)?;
         DefaultExecutor {}.exec(spec)
     }
 
@@ -142,7 +168,15 @@ mod tests {
     fn an_exec_without_no_new_privs_is_lent_what_it_lacks_and_only_that() {
         let mut p = process(&[SpecCap::Chown, SpecCap::Setpcap], None);
         let f = prepare(&mut p, &profile(LinuxSeccompAction::ScmpActAllow)).unwrap();
-        assert_eq!(f.lent, [caps::Capability::CAP_SYS_ADMIN]);
+        let sys_admin = vec![caps::Capability::CAP_SYS_ADMIN];
+        assert_eq!(
+            f.lent,
+            Lent {
+                bounding: sys_admin.clone(),
+                effective: sys_admin.clone(),
+                permitted: sys_admin,
+            }
+        );
         let sets = p.capabilities().clone().unwrap();
         for set in [sets.bounding(), sets.effective(), sets.permitted()] {
             let set = set.clone().unwrap();
@@ -159,13 +193,26 @@ mod tests {
     fn an_exec_with_no_new_privs_or_every_capability_is_lent_nothing() {
         let mut p = process(&[SpecCap::Chown], Some(true));
         let f = prepare(&mut p, &profile(LinuxSeccompAction::ScmpActAllow)).unwrap();
-        assert!(f.lent.is_empty());
+        assert_eq!(f.lent, Lent::default());
         assert_eq!(p, process(&[SpecCap::Chown], Some(true)));
         let mut p = process(&[SpecCap::SysAdmin, SpecCap::Setpcap], Some(false));
-        assert!(prepare(&mut p, &profile(LinuxSeccompAction::ScmpActAllow))
-            .unwrap()
-            .lent
-            .is_empty());
+        let f = prepare(&mut p, &profile(LinuxSeccompAction::ScmpActAllow)).unwrap();
+        assert_eq!(f.lent, Lent::default());
+    }
+
+    #[test]
+    fn a_set_the_spec_leaves_unset_is_lent_nothing() {
+        let mut p = process(&[SpecCap::Chown], None);
+        let mut sets = p.capabilities().clone().unwrap();
+        sets.set_effective(None);
+        p.set_capabilities(Some(sets));
+        let f = prepare(&mut p, &profile(LinuxSeccompAction::ScmpActAllow)).unwrap();
+        assert!(
+            f.lent.effective.is_empty() && f.lent.bounding.len() == 2,
+            "{:?}",
+            f.lent
+        );
+        assert_eq!(p.capabilities().as_ref().unwrap().effective(), &None);
     }
 
     #[test]

@@ -633,7 +633,8 @@ async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabiliti
         s.set_linux(Some(linux));
     });
     a.run("c1", spec).await;
-    let show = "grep -E '^(Seccomp|NoNewPrivs|CapBnd|CapEff|CapPrm):' /proc/self/status; \
+    let show =
+        "grep -E '^(Seccomp|NoNewPrivs|CapInh|CapBnd|CapEff|CapPrm|CapAmb):' /proc/self/status; \
         mkdir /tmp/made 2>&1 || echo refused";
     // As containerd sends them: capabilities named, with and without no_new_privs. CAP_KILL
     // alone: bit 5. Without no_new_privs the exec is lent CAP_SYS_ADMIN and CAP_SETPCAP to
@@ -656,9 +657,11 @@ async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabiliti
         assert_eq!(
             lines,
             [
+                "CapInh: 0000000000000000".to_string(),
                 "CapPrm: 0000000000000020".to_string(),
                 "CapEff: 0000000000000020".to_string(),
                 "CapBnd: 0000000000000020".to_string(),
+                "CapAmb: 0000000000000000".to_string(),
                 format!("NoNewPrivs: {nnp}"),
                 "Seccomp: 2".to_string(),
                 "mkdir: can't create directory '/tmp/made': Operation not permitted".to_string(),
@@ -667,6 +670,43 @@ async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabiliti
             "exec {exec} (no_new_privs {no_new_privs})"
         );
     }
+    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
+    a.wait("c1", "").await;
+    a.remove("c1").await;
+}
+
+#[tokio::test]
+async fn a_profile_that_fakes_the_capability_drops_cannot_keep_what_an_exec_was_lent() {
+    let Some(a) = Agent::start("seccomp-fake").await else {
+        return;
+    };
+    // prctl, capget and capset "succeed" without doing anything.
+    let profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["prctl", "capget", "capset"], "action": "SCMP_ACT_ERRNO", "errnoRet": 0}],
+    });
+    let spec = a.spec(&["sleep", "1000"], |s| {
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_seccomp(Some(serde_json::from_value(profile).unwrap()));
+        s.set_linux(Some(linux));
+    });
+    a.run("c1", spec).await;
+    let kill = serde_json::json!(["CAP_KILL"]);
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "grep -E '^Cap(Prm|Eff|Bnd):' /proc/self/status"], "cwd": "/",
+        "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}, "noNewPrivileges": false,
+        "capabilities": {"bounding": kill, "effective": kill, "permitted": kill},
+    });
+    a.exec_process("c1", "e1", process).await.unwrap();
+    let out = a.read_all("c1", "e1", false).await;
+    a.wait("c1", "e1").await;
+    for line in out.lines() {
+        assert!(
+            line.ends_with("0000000000000020"),
+            "no lent capability past execve: {out}"
+        );
+    }
+    assert_eq!(out.lines().count(), 3, "{out}");
     a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
     a.wait("c1", "").await;
     a.remove("c1").await;
