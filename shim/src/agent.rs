@@ -28,8 +28,18 @@ pub fn ctx_timeout(d: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(d.as_nanos() as i64)
 }
 
-/// Opens one stream to `port` in the guest through the hybrid vsock socket.
+/// Opens one stream to `port` in the guest through the hybrid vsock socket. The socket's
+/// directory may belong to the VMM (`vmm_user`), which could leave a link there to another
+/// daemon's socket: only a socket itself is connected to. (This narrows the window, it does
+/// not close it: connect(2) follows a link swapped in after the check, and no flag stops it.)
 async fn open_stream(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::symlink_metadata(socket)?.file_type().is_socket() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a socket",
+            socket.display()
+        )));
+    }
     let mut s = UnixStream::connect(socket).await?;
     s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
     // Read the answer a byte at a time: what follows the newline is the agent's.

@@ -429,12 +429,27 @@ impl Sandbox {
 
 /// The last `max` bytes of a log file, for error messages: read from the end, so a guest
 /// that filled its console costs no more than `max` bytes of the shim's memory.
+/// The last `max` bytes of the regular file at `path` ("" for anything else). The VMM (a
+/// hostile guest's next stop, and the owner of `vm/` when it runs as `vmm_user`) can put
+/// what it likes at its console log's path: no link is followed, a FIFO does not block the
+/// open, and only a regular file is read.
 fn tail(path: &Path, max: usize) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let Ok(mut f) = opened else {
         return String::new();
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let Ok(md) = f.metadata() else {
+        return String::new();
+    };
+    if !md.is_file() {
+        return String::new();
+    }
+    let len = md.len();
     let start = len.saturating_sub(max as u64);
     let mut text = Vec::with_capacity(max.min(len as usize));
     if f.seek(SeekFrom::Start(start)).is_ok() {
@@ -446,6 +461,27 @@ fn tail(path: &Path, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_follows_no_link_and_reads_only_a_regular_file() {
+        let dir = std::env::temp_dir().join(format!("carapace-tail-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret"), "host secret").unwrap();
+        std::os::unix::fs::symlink(dir.join("secret"), dir.join("link")).unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(tail(&dir.join("secret"), 6), "secret");
+        assert_eq!(tail(&dir.join("link"), 100), "", "a link is not followed");
+        assert_eq!(
+            tail(&dir.join("fifo"), 100),
+            "",
+            "a FIFO neither blocks nor is read"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn pod_ids_that_would_leave_the_state_root_are_refused() {
@@ -460,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_tail_reads_only_the_end() {
-        let p = std::env::temp_dir().join(format!("carapace-tail-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("carapace-tail-links-{}", std::process::id()));
         let mut big = vec![b'a'; 5 << 20];
         big.extend_from_slice(b"the end");
         std::fs::write(&p, &big).unwrap();

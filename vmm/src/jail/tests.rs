@@ -43,11 +43,17 @@ fn in_a_child(check: impl FnOnce() -> Result<(), String>) -> i32 {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
-        let code = match check() {
-            Ok(()) => 0,
-            Err(e) => {
+        // A panic must not unwind into the test harness the child inherited (it would return
+        // and exit 0, passing the test).
+        let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
                 eprintln!("jail check: {e}");
                 1
+            }
+            Err(_) => {
+                eprintln!("jail check: panicked");
+                2
             }
         };
         // SAFETY: ends the child without the parent's atexit handlers.
