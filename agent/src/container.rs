@@ -154,6 +154,12 @@ impl Containers {
                         "container {id:?} shares the namespaces of container {of:?}, which is not here"
                     ))
                 })?;
+                // A reaped init's pid may be another process's by now.
+                if c.init.exited().is_some() {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "container {id:?} shares the namespaces of container {of:?}, whose first process has exited"
+                    )));
+                }
                 c.init.pid
             };
             spec::join_namespaces(&mut spec, pid.as_raw(), types)?;
@@ -272,7 +278,10 @@ impl Containers {
             })?;
             Ok((
                 builder.with_console_socket(Some(&path)),
-                PendingStdio::Pty(ConsoleSocket { listener, path }),
+                PendingStdio::Pty(ConsoleSocket {
+                    listener,
+                    _path: RemovedOnDrop(path),
+                }),
             ))
         } else {
             let (ours, child) = Stdio::pipes()?;
@@ -344,6 +353,8 @@ impl Containers {
             .map(|profile| crate::seccomp::prepare(&mut process, profile))
             .transpose()?;
         let path = c.bundle.join(format!("exec-{exec_id}.json"));
+        // Removed however this ends.
+        let _process_file = RemovedOnDrop(path.clone());
         std::fs::write(
             &path,
             serde_json::to_vec(&process).map_err(|e| AgentError::Internal(e.to_string()))?,
@@ -361,8 +372,14 @@ impl Containers {
             .build()?;
         let pid = Pid::from_raw(pid.as_raw());
         let exit = self.reaper.register(pid);
-        let stdio = io.finish()?;
-        let _ = std::fs::remove_file(&path);
+        let stdio = match io.finish() {
+            Ok(s) => s,
+            Err(e) => {
+                // It runs, but no one could wait for it or signal it: it goes.
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                return Err(e);
+            }
+        };
         tracing::info!(id, exec_id, %pid, "exec started");
         c.execs
             .insert(exec_id.to_string(), Arc::new(Process { pid, stdio, exit }));
@@ -576,16 +593,19 @@ enum PendingStdio {
     Pty(ConsoleSocket),
 }
 
+/// A file removed when this is dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A console socket, removed when it is dropped (received from or not).
 struct ConsoleSocket {
     listener: UnixListener,
-    path: PathBuf,
-}
-
-impl Drop for ConsoleSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+    _path: RemovedOnDrop,
 }
 
 impl PendingStdio {
