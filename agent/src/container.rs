@@ -59,6 +59,8 @@ pub struct Containers {
     /// bytes whatever the ids (CRI's are 64 characters each; a path built from a container
     /// and an exec id is not).
     consoles: AtomicU64,
+    /// The LSMs this kernel enforces, read once: what of a spec's LSM fields is kept.
+    lsms: spec::GuestLsms,
     sandbox: Mutex<SandboxFiles>,
     oom_tx: mpsc::UnboundedSender<String>,
     /// Watches on the containers' `memory.events`; `None` where inotify is not to be had.
@@ -90,6 +92,7 @@ impl Containers {
             reaper,
             map: Mutex::new(HashMap::new()),
             consoles: AtomicU64::new(0),
+            lsms: spec::GuestLsms::of_this_kernel(),
             sandbox: Mutex::new(SandboxFiles::default()),
             oom_tx,
             oom_watch: crate::oom::OomWatch::new()
@@ -138,7 +141,7 @@ impl Containers {
             return Err(AgentError::AlreadyExists(format!("container {id:?}")));
         }
         let mut spec = spec::parse(spec_json)?;
-        let dropped = spec::drop_unenforceable_lsm(&mut spec, spec::GuestLsms::of_this_kernel());
+        let dropped = spec::drop_unenforceable_lsm(&mut spec, self.lsms);
         if !dropped.is_empty() {
             tracing::warn!(
                 id,
@@ -320,10 +323,7 @@ impl Containers {
     pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<()> {
         spec::validate_id("exec", exec_id)?;
         let mut process = spec::parse_process(process_json)?;
-        let dropped = spec::drop_unenforceable_lsm_of_process(
-            &mut process,
-            spec::GuestLsms::of_this_kernel(),
-        );
+        let dropped = spec::drop_unenforceable_lsm_of_process(&mut process, self.lsms);
         if !dropped.is_empty() {
             tracing::warn!(
                 id,

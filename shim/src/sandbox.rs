@@ -57,6 +57,12 @@ pub fn vm_dir(sid: &PodId) -> PathBuf {
 /// [`vm_dir`]'s name in the pod's state directory.
 const VM_DIR: &str = "vm";
 
+/// The guest's serial console log, in the VMM's directory of the pod whose state directory
+/// is `pod_dir`.
+fn console_log(pod_dir: &Path) -> PathBuf {
+    pod_dir.join(VM_DIR).join("console.log")
+}
+
 /// Creates the pod's state directory (0700), its VMM's directory (0700, see [`vm_dir`]) and its share (the private tree and its
 /// read-only export); a leftover of an earlier shim of the same pod (which cannot be running:
 /// containerd groups a pod into one shim) is removed.
@@ -254,7 +260,7 @@ impl Sandbox {
             .to_string(),
             vcpus: first.size.vcpus,
             memory_mib: first.size.memory_mib,
-            serial: Serial::File(vm_dir(sid).join("console.log")),
+            serial: Serial::File(console_log(&dir)),
             api_socket: vm_dir(sid).join("api.sock"),
             vsock: Vsock {
                 cid: GUEST_CID,
@@ -331,7 +337,7 @@ impl Sandbox {
         let agent = match connected {
             Ok(a) => a,
             Err(e) => {
-                let console = tail(&vm_dir(sid).join("console.log"), 2000);
+                let console = tail(&console_log(&dir), 2000);
                 let vmm_log = tail(&dir.join("vmm.log"), 1000);
                 vmm.stop(Duration::ZERO).await;
                 return Err(ShimError::Internal(format!(
@@ -393,7 +399,7 @@ impl Sandbox {
 
     /// The end of the guest's serial console, for error reports.
     pub fn console_tail(&self) -> String {
-        tail(&self.dir.join(VM_DIR).join("console.log"), 3000)
+        tail(&console_log(&self.dir), 3000)
     }
 
     /// Stops the VM (DestroySandbox, then signals) and removes every host-side trace.
