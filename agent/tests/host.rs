@@ -177,6 +177,14 @@ impl Agent {
         );
     }
 
+    /// Kills every process of container `id`, waits for its first, and removes it (see
+    /// [`Agent::remove`]).
+    async fn kill_and_remove(&self, id: &str) {
+        self.signal(id, "", libc::SIGKILL, true).await.unwrap();
+        self.wait(id, "").await;
+        self.remove(id).await;
+    }
+
     fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
         let rel = format!("{}/{id}", self.cgroup_parent.trim_start_matches('/'));
         let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(&rel)];
@@ -397,9 +405,7 @@ async fn pids_limit_refuses_fork() {
     assert_eq!(stats.pids.limit, 4);
     let err = a.read_all("c1", "", true).await;
     assert!(err.contains("fork"), "no fork failure reported: {err:?}");
-    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
-    a.wait("c1", "").await;
-    a.remove("c1").await;
+    a.kill_and_remove("c1").await;
 }
 
 #[tokio::test]
@@ -617,6 +623,26 @@ async fn wait_reports_when_the_process_was_reaped() {
     a.remove("c1").await;
 }
 
+/// A spec edit that gives the container the seccomp `profile` (OCI JSON).
+fn with_seccomp(profile: serde_json::Value) -> impl FnOnce(&mut Spec) {
+    move |s| {
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_seccomp(Some(serde_json::from_value(profile).unwrap()));
+        s.set_linux(Some(linux));
+    }
+}
+
+/// An exec's OCI process as containerd sends one: `sh -c script` as root, its capability
+/// sets named, CAP_KILL alone (bit 5) in the bounding, effective and permitted ones.
+fn kill_only_process(script: &str, no_new_privs: bool) -> serde_json::Value {
+    let kill = serde_json::json!(["CAP_KILL"]);
+    serde_json::json!({
+        "args": ["sh", "-c", script], "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}, "noNewPrivileges": no_new_privs,
+        "capabilities": {"bounding": kill, "effective": kill, "permitted": kill},
+    })
+}
+
 #[tokio::test]
 async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabilities() {
     let Some(a) = Agent::start("seccomp").await else {
@@ -627,12 +653,8 @@ async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabiliti
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
     });
-    let spec = a.spec(&["sleep", "1000"], |s| {
-        let mut linux = s.linux().clone().unwrap();
-        linux.set_seccomp(Some(serde_json::from_value(profile).unwrap()));
-        s.set_linux(Some(linux));
-    });
-    a.run("c1", spec).await;
+    a.run("c1", a.spec(&["sleep", "1000"], with_seccomp(profile)))
+        .await;
     let show =
         "grep -E '^(Seccomp|NoNewPrivs|CapInh|CapBnd|CapEff|CapPrm|CapAmb):' /proc/self/status; \
         mkdir /tmp/made 2>&1 || echo refused";
@@ -640,13 +662,9 @@ async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabiliti
     // alone: bit 5. Without no_new_privs the exec is lent CAP_SYS_ADMIN and CAP_SETPCAP to
     // install the filter and must not keep them.
     for (exec, no_new_privs) in [("e1", false), ("e2", true)] {
-        let kill = serde_json::json!(["CAP_KILL"]);
-        let process = serde_json::json!({
-            "args": ["sh", "-c", show], "cwd": "/", "env": ["PATH=/bin"],
-            "user": {"uid": 0, "gid": 0}, "noNewPrivileges": no_new_privs,
-            "capabilities": {"bounding": kill, "effective": kill, "permitted": kill},
-        });
-        a.exec_process("c1", exec, process).await.unwrap();
+        a.exec_process("c1", exec, kill_only_process(show, no_new_privs))
+            .await
+            .unwrap();
         let out = a.read_all("c1", exec, false).await;
         assert_eq!(a.wait("c1", exec).await.exit_status, 0, "{out}");
         let lines: Vec<String> = out
@@ -670,9 +688,7 @@ async fn execs_run_under_the_containers_seccomp_filter_with_their_own_capabiliti
             "exec {exec} (no_new_privs {no_new_privs})"
         );
     }
-    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
-    a.wait("c1", "").await;
-    a.remove("c1").await;
+    a.kill_and_remove("c1").await;
 }
 
 #[tokio::test]
@@ -685,19 +701,12 @@ async fn a_profile_that_fakes_the_capability_drops_cannot_keep_what_an_exec_was_
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["prctl", "capget", "capset"], "action": "SCMP_ACT_ERRNO", "errnoRet": 0}],
     });
-    let spec = a.spec(&["sleep", "1000"], |s| {
-        let mut linux = s.linux().clone().unwrap();
-        linux.set_seccomp(Some(serde_json::from_value(profile).unwrap()));
-        s.set_linux(Some(linux));
-    });
-    a.run("c1", spec).await;
-    let kill = serde_json::json!(["CAP_KILL"]);
-    let process = serde_json::json!({
-        "args": ["sh", "-c", "grep -E '^Cap(Prm|Eff|Bnd):' /proc/self/status"], "cwd": "/",
-        "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}, "noNewPrivileges": false,
-        "capabilities": {"bounding": kill, "effective": kill, "permitted": kill},
-    });
-    a.exec_process("c1", "e1", process).await.unwrap();
+    a.run("c1", a.spec(&["sleep", "1000"], with_seccomp(profile)))
+        .await;
+    let show = "grep -E '^Cap(Prm|Eff|Bnd):' /proc/self/status";
+    a.exec_process("c1", "e1", kill_only_process(show, false))
+        .await
+        .unwrap();
     let out = a.read_all("c1", "e1", false).await;
     a.wait("c1", "e1").await;
     for line in out.lines() {
@@ -707,9 +716,7 @@ async fn a_profile_that_fakes_the_capability_drops_cannot_keep_what_an_exec_was_
         );
     }
     assert_eq!(out.lines().count(), 3, "{out}");
-    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
-    a.wait("c1", "").await;
-    a.remove("c1").await;
+    a.kill_and_remove("c1").await;
 }
 
 #[tokio::test]
@@ -737,9 +744,7 @@ async fn terminals_work_with_the_longest_ids_cri_uses() {
         .unwrap()
         .collect();
     assert!(consoles.is_empty(), "console sockets left: {consoles:?}");
-    a.signal(&id, "", libc::SIGKILL, true).await.unwrap();
-    a.wait(&id, "").await;
-    a.remove(&id).await;
+    a.kill_and_remove(&id).await;
 }
 
 #[tokio::test]
@@ -809,9 +814,7 @@ async fn a_container_joins_the_sandbox_containers_ipc_uts_and_pid_namespaces() {
         Code::FAILED_PRECONDITION
     );
     a.remove("app").await;
-    a.signal("sb", "", libc::SIGKILL, true).await.unwrap();
-    a.wait("sb", "").await;
-    a.remove("sb").await;
+    a.kill_and_remove("sb").await;
 }
 
 #[tokio::test]
@@ -838,7 +841,5 @@ async fn an_apparmor_profile_the_guest_cannot_enforce_does_not_stop_a_container(
     a.exec_process("c1", "e1", process).await.unwrap();
     assert_eq!(a.read_all("c1", "e1", false).await, "exec-ran\n");
     assert_eq!(a.wait("c1", "e1").await.exit_status, 0);
-    a.signal("c1", "", libc::SIGKILL, true).await.unwrap();
-    a.wait("c1", "").await;
-    a.remove("c1").await;
+    a.kill_and_remove("c1").await;
 }
