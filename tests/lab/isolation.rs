@@ -343,6 +343,42 @@ fn status_field(pid: u32, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// Runs `sleep 1000` as container `id`, a pod of its own, and returns its one VMM's pid.
+fn run_one_pod(c: &Carapace, id: &str) -> u32 {
+    c.import(&busybox_image());
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX_IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(c.task_status(id), "RUNNING", "{}", c.log());
+    let vmms = vmms_of(id);
+    assert_eq!(vmms.len(), 1, "one VMM runs the pod");
+    vmms[0]
+}
+
+/// The soft and hard values of the limit `name` ("Max processes") in a `/proc/<pid>/limits`.
+fn soft_and_hard_limit<'a>(limits: &'a str, name: &str) -> Vec<&'a str> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|rest| rest.split_whitespace().take(2).collect())
+        .unwrap_or_default()
+}
+
+/// The mount points of a `/proc/<pid>/mountinfo`, in its order.
+fn mount_points(mountinfo: &str) -> Vec<&str> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect()
+}
+
 /// Checks that the VMM of running container `id` serves the devices a pod uses: vsock (an
 /// exec), the rootfs (a file written, synced and read back), rng, and pause and resume
 /// through its control API.
@@ -374,12 +410,7 @@ lab_test! {
         let c = Carapace::start_with_config(
             "vmm_max_file_size = 1073741824\nvmm_max_processes = 512\nvmm_max_open_files = 4096\n",
         );
-        c.import(&busybox_image());
-        c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, BUSYBOX_IMAGE, "sc1", "sleep", "1000"]);
-        assert_eq!(c.task_status("sc1"), "RUNNING", "{}", c.log());
-        let vmms = vmms_of("sc1");
-        assert_eq!(vmms.len(), 1, "one VMM runs the pod");
-        let vmm = vmms[0];
+        let vmm = run_one_pod(&c, "sc1");
 
         // The second wall: every thread filtered.
         let threads = thread_seccomp_modes(vmm);
@@ -411,7 +442,7 @@ lab_test! {
         // A root holding the pod's VMM directory and its share only, read-only but for them.
         let pod_dir = format!("{STATE_ROOT}/sc1");
         let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
-        let points: Vec<&str> = mountinfo.lines().filter_map(|l| l.split_whitespace().nth(4)).collect();
+        let points = mount_points(&mountinfo);
         let (vm_dir, share) = (format!("{pod_dir}/vm"), format!("{pod_dir}/shared"));
         assert_eq!(points.first(), Some(&"/"), "the jail's mounts:\n{mountinfo}");
         assert!(points.contains(&vm_dir.as_str()) && points.contains(&share.as_str()), "{mountinfo}");
@@ -443,9 +474,7 @@ lab_test! {
             ("Max processes", "512"),
             ("Max open files", "4096"),
         ] {
-            let line = limits.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{limits}"));
-            let soft_hard: Vec<&str> = line[name.len()..].split_whitespace().take(2).collect();
-            assert_eq!(soft_hard, [value, value], "{line}");
+            assert_eq!(soft_and_hard_limit(&limits, name), [value, value], "{name}:\n{limits}");
         }
 
         // The confined VMM serves every device the pod uses: vsock (exec), virtio-fs (the
@@ -477,12 +506,7 @@ lab_test! {
             "block-copy",
             &format!("vmm_user = \"{VMM_USER}:{VMM_USER}\"\nvmm_max_processes = 64\n"),
         );
-        c.import(&busybox_image());
-        c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, BUSYBOX_IMAGE, "uc1", "sleep", "1000"]);
-        assert_eq!(c.task_status("uc1"), "RUNNING", "{}", c.log());
-        let vmms = vmms_of("uc1");
-        assert_eq!(vmms.len(), 1, "one VMM runs the pod");
-        let vmm = vmms[0];
+        let vmm = run_one_pod(&c, "uc1");
         // The user and group of the configuration, real, effective, saved and filesystem; no
         // supplementary group, no capability, no_new_privs, every thread filtered.
         let id = format!("{VMM_USER}\t{VMM_USER}\t{VMM_USER}\t{VMM_USER}");
@@ -497,8 +521,7 @@ lab_test! {
             assert_eq!(mode, "2", "thread {name}");
         }
         let limits = std::fs::read_to_string(format!("/proc/{vmm}/limits")).unwrap();
-        let nproc = limits.lines().find(|l| l.starts_with("Max processes")).unwrap();
-        assert_eq!(nproc.split_whitespace().skip(2).take(2).collect::<Vec<_>>(), ["64", "64"], "{nproc}");
+        assert_eq!(soft_and_hard_limit(&limits, "Max processes"), ["64", "64"], "{limits}");
         // Its directory is that user's, in the root-only pod directory, and it is all of the
         // pod's state directory that the jail holds.
         let pod = Path::new(STATE_ROOT).join("uc1");
@@ -507,7 +530,7 @@ lab_test! {
         assert_eq!((md.uid(), md.gid(), mode(&vm_dir)), (VMM_USER, VMM_USER, 0o700));
         assert_eq!((std::fs::metadata(&pod).unwrap().uid(), mode(&pod)), (0, 0o700));
         let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
-        let points: Vec<&str> = mountinfo.lines().filter_map(|l| l.split_whitespace().nth(4)).collect();
+        let points = mount_points(&mountinfo);
         assert_eq!(points, ["/", vm_dir.to_str().unwrap(), "/proc/self/fd", "/proc/self/mountinfo"], "{mountinfo}");
         // Another process of the same user cannot look inside it (the VMM is not dumpable
         // once it dropped root), and another user cannot reach its sockets.
