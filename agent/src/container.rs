@@ -181,6 +181,10 @@ impl Containers {
                 rootfs.display()
             )));
         }
+        for name in spec::pod_memory_volumes(&spec)? {
+            crate::sandbox::mount_pod_memory(&name)?;
+        }
+        spec::set_net_sysctls(&spec::take_net_sysctls(&mut spec)?)?;
         let cgroup_path = format!("{}/{id}", self.layout.cgroup_parent.trim_end_matches('/'));
         let sandbox = self
             .sandbox

@@ -1,5 +1,6 @@
-//! The sandbox as a whole: the pod's hostname, DNS and hosts files, sandbox-wide mounts, and
-//! what the guest is (kernel, memory, vCPUs).
+//! The sandbox as a whole: the pod's hostname, DNS and hosts files, sandbox-wide mounts,
+//! the pod's memory-backed volumes (tmpfs in guest memory), and what the guest is (kernel,
+//! memory, vCPUs).
 
 use std::path::{Path, PathBuf};
 
@@ -115,6 +116,35 @@ fn mount(m: &Mount) -> Result<()> {
     .map_err(|e| {
         AgentError::InvalidArgument(format!("mounting {} on {}: {e}", m.source, m.destination))
     })
+}
+
+/// Mounts the pod-memory volume `name` (a tmpfs in guest memory, see
+/// [`carapace_protocol::POD_MEMORY_DIR`]) unless it is mounted already; `shm` gets the 64 MiB
+/// containerd gives a pod's `/dev/shm`, any other (an emptyDir) the guest's memory as bound.
+pub fn mount_pod_memory(name: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Path::new(carapace_protocol::POD_MEMORY_DIR);
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path)
+        .map_err(|e| AgentError::io("creating a pod-memory directory", e))?;
+    let dev = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.dev());
+    let (here, parent) = (dev(&path), dev(dir));
+    if matches!((&here, &parent), (Ok(a), Ok(b)) if a != b) {
+        return Ok(()); // a mount point already: the pod's containers share it
+    }
+    let data = if name == "shm" {
+        "mode=1777,size=65536k"
+    } else {
+        "mode=1777"
+    };
+    nix::mount::mount(
+        Some("pod-memory"),
+        &path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data),
+    )
+    .map_err(|e| AgentError::sys("mounting a pod-memory tmpfs", e))
 }
 
 /// The guest's kernel, memory and vCPUs.

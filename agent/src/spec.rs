@@ -144,6 +144,91 @@ pub fn adapt(spec: &mut Spec, place: &Placement<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Takes the `net.*` sysctls out of the spec: they belong to the pod's network namespace,
+/// which in the guest is the agent's own (containers share it rather than join it by path,
+/// so libcontainer would take them for the host's and refuse them); the agent sets them
+/// there itself ([`set_net_sysctls`]). Keys are checked: `net.` and then names only.
+pub fn take_net_sysctls(spec: &mut Spec) -> Result<Vec<(PathBuf, String)>> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(Vec::new());
+    };
+    let Some(mut sysctls) = linux.sysctl().clone() else {
+        return Ok(Vec::new());
+    };
+    let mut keys: Vec<String> = sysctls
+        .keys()
+        .filter(|k| k.starts_with("net."))
+        .cloned()
+        .collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        let value = sysctls.remove(&key).unwrap_or_default();
+        out.push((sysctl_path(&key)?, value));
+    }
+    linux.set_sysctl(Some(sysctls));
+    spec.set_linux(Some(linux));
+    Ok(out)
+}
+
+/// `/proc/sys/...` of a sysctl key, as runc reads one: dots separate, a slash stands for a
+/// dot within a name (`net.ipv4.conf.eth0/10.rp_filter`). No component may be empty, `.` or
+/// `..`, or hold anything but `[A-Za-z0-9_-]` and those dots.
+fn sysctl_path(key: &str) -> Result<PathBuf> {
+    let mut path = PathBuf::from("/proc/sys");
+    for part in key.split('.') {
+        let name = part.replace('/', ".");
+        let ok = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !ok {
+            return Err(AgentError::InvalidArgument(format!(
+                "the sysctl {key:?} is not a sysctl name"
+            )));
+        }
+        path.push(name);
+    }
+    Ok(path)
+}
+
+/// Sets the pod's network sysctls ([`take_net_sysctls`]) in the agent's network namespace.
+pub fn set_net_sysctls(sysctls: &[(PathBuf, String)]) -> Result<()> {
+    for (path, value) in sysctls {
+        std::fs::write(path, value).map_err(|e| {
+            AgentError::InvalidArgument(format!("setting the sysctl {}: {e}", path.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// The pod-memory volumes (see [`carapace_protocol::POD_MEMORY_DIR`]) the spec's mounts bind,
+/// by name; a source under that directory that is not one well-formed name is refused.
+pub fn pod_memory_volumes(spec: &Spec) -> Result<Vec<String>> {
+    let dir = Path::new(carapace_protocol::POD_MEMORY_DIR);
+    let mut names = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let Some(rest) = m.source().as_deref().and_then(|s| s.strip_prefix(dir).ok()) else {
+            continue;
+        };
+        let name = rest
+            .to_str()
+            .filter(|n| carapace_protocol::is_pod_memory_name(n));
+        let Some(name) = name else {
+            return Err(AgentError::InvalidArgument(format!(
+                "the mount source {} is not a pod-memory volume",
+                rest.display()
+            )));
+        };
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
 /// The Linux security modules the guest kernel enforces, which decide what of a spec's LSM
 /// fields can be honoured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +474,104 @@ mod tests {
             matches!(&e, AgentError::InvalidArgument(m) if m.contains("rsideways")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn net_sysctls_are_taken_out_for_the_agent_and_odd_keys_refused() {
+        let mut spec = minimal();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_sysctl(Some(std::collections::HashMap::from([
+            ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+            (
+                "net.ipv4.ping_group_range".to_string(),
+                "0 1000".to_string(),
+            ),
+            (
+                "net.ipv4.conf.eth0/10.rp_filter".to_string(),
+                "2".to_string(),
+            ),
+        ])));
+        spec.set_linux(Some(linux));
+        let net = take_net_sysctls(&mut spec).unwrap();
+        assert_eq!(
+            net,
+            vec![
+                (
+                    PathBuf::from("/proc/sys/net/ipv4/conf/eth0.10/rp_filter"),
+                    "2".to_string()
+                ),
+                (
+                    PathBuf::from("/proc/sys/net/ipv4/ping_group_range"),
+                    "0 1000".to_string()
+                ),
+            ]
+        );
+        let left = spec.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        for bad in [
+            "net..x",
+            "net.ipv4./",
+            "net.ipv4.../x",
+            "net.a b",
+            "net./..",
+            "net.",
+        ] {
+            let mut spec = minimal();
+            let mut linux = spec.linux().clone().unwrap_or_default();
+            linux.set_sysctl(Some(std::collections::HashMap::from([(
+                bad.to_string(),
+                "1".to_string(),
+            )])));
+            spec.set_linux(Some(linux));
+            assert!(
+                matches!(
+                    take_net_sysctls(&mut spec),
+                    Err(AgentError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn pod_memory_volumes_are_named_once_and_odd_names_refused() {
+        let with = |sources: &[&str]| {
+            let mut spec = minimal();
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            for (i, src) in sources.iter().enumerate() {
+                mounts.push(
+                    MountBuilder::default()
+                        .destination(format!("/m{i}"))
+                        .typ("bind")
+                        .source(src)
+                        .options(vec!["rbind".to_string()])
+                        .build()
+                        .unwrap(),
+                );
+            }
+            spec.set_mounts(Some(mounts));
+            pod_memory_volumes(&spec)
+        };
+        assert_eq!(
+            with(&[
+                "/run/carapace/pod-memory/shm",
+                "/run/carapace/pod-memory/empty-dir-cache",
+                "/run/carapace/pod-memory/shm",
+                "/run/carapace/shared/c1/mounts/3",
+            ])
+            .unwrap(),
+            vec!["shm".to_string(), "empty-dir-cache".to_string()]
+        );
+        for bad in [
+            "/run/carapace/pod-memory/../shared",
+            "/run/carapace/pod-memory/a/b",
+            "/run/carapace/pod-memory",
+        ] {
+            assert!(
+                matches!(with(&[bad]), Err(AgentError::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

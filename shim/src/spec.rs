@@ -1,12 +1,15 @@
 //! The OCI spec containerd wrote, rewritten for the guest: the rootfs moved to its place in
 //! the pod's share, the pod's namespace paths read as the sandbox container's (any other
 //! refused), host namespace paths and the host cgroup path dropped, host bind-mount sources
-//! moved into the share; and the pod a container belongs to, from the CRI annotations. Pure
-//! functions, unit-tested.
+//! moved into the share, the pod's memory-backed volumes (`/dev/shm`, emptyDir of medium
+//! Memory) pointed at the guest's tmpfs for them; and the pod a container belongs to, from
+//! the CRI annotations. Pure functions, unit-tested.
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
+
+use carapace_protocol::{is_pod_memory_name, POD_MEMORY_DIR};
 
 use crate::error::{Result, ShimError};
 use crate::hostfs::BindFlags;
@@ -189,6 +192,10 @@ pub fn for_guest(
             if !is_bind || !source.is_absolute() {
                 continue;
             }
+            if let Some(name) = pod_memory_name(m.destination(), &source, is_tmpfs_on_host) {
+                m.set_source(Some(Path::new(POD_MEMORY_DIR).join(name)));
+                continue;
+            }
             if !binds_allowed {
                 return Err(ShimError::InvalidArgument(format!(
                     "the bind mount of {} needs the virtio-fs share (share = \"virtiofs\")",
@@ -216,6 +223,32 @@ pub fn for_guest(
         spec.set_mounts(Some(mounts));
     }
     Ok(binds)
+}
+
+/// The pod-memory volume (see [`POD_MEMORY_DIR`]) a bind mount to `dest` from host path
+/// `source` stands for: the pod's `/dev/shm` (containerd binds the sandbox's host shm there),
+/// or a kubelet emptyDir of medium Memory (`.../volumes/kubernetes.io~empty-dir/<name>` on a
+/// host tmpfs, as Kata tells them). Anything else stays a host bind.
+pub fn pod_memory_name(
+    dest: &Path,
+    source: &Path,
+    is_tmpfs: impl Fn(&Path) -> bool,
+) -> Option<String> {
+    if dest == Path::new("/dev/shm") {
+        return Some("shm".into());
+    }
+    let parent = source.parent()?;
+    let volume = source.file_name()?.to_str()?;
+    let empty_dir = parent.file_name()? == "kubernetes.io~empty-dir"
+        && parent.parent()?.file_name()? == "volumes";
+    let name = format!("empty-dir-{volume}");
+    (empty_dir && is_pod_memory_name(&name) && is_tmpfs(source)).then_some(name)
+}
+
+/// Whether `path` is on a tmpfs on the host (an emptyDir of medium Memory is).
+fn is_tmpfs_on_host(path: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type == TMPFS_MAGIC)
 }
 
 #[cfg(test)]
@@ -331,6 +364,53 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn dev_shm_and_memory_empty_dirs_are_the_guests_tmpfs_other_binds_stay_host_binds() {
+        let tmpfs = |_: &Path| true;
+        let disk = |_: &Path| false;
+        let shm = Path::new("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/p/shm");
+        assert_eq!(
+            pod_memory_name(Path::new("/dev/shm"), shm, disk).as_deref(),
+            Some("shm")
+        );
+        let vol = Path::new("/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache");
+        assert_eq!(
+            pod_memory_name(Path::new("/cache"), vol, tmpfs).as_deref(),
+            Some("empty-dir-cache")
+        );
+        // An emptyDir on disk, a name that could climb, any other path: host binds.
+        assert_eq!(pod_memory_name(Path::new("/cache"), vol, disk), None);
+        let odd = Path::new("/v/volumes/kubernetes.io~empty-dir/..");
+        assert_eq!(pod_memory_name(Path::new("/x"), odd, tmpfs), None);
+        let upper = Path::new("/v/volumes/kubernetes.io~empty-dir/Cache");
+        assert_eq!(pod_memory_name(Path::new("/x"), upper, tmpfs), None);
+        assert_eq!(
+            pod_memory_name(Path::new("/data"), Path::new("/tmp"), tmpfs),
+            None
+        );
+
+        let mut spec = Spec::default();
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        mounts.push(
+            MountBuilder::default()
+                .destination("/dev/shm")
+                .typ("bind")
+                .source(shm)
+                .options(vec!["rbind".to_string(), "rw".to_string()])
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+        // No share is needed for it: it is not a host path the guest sees.
+        assert_eq!(for_guest(&mut spec, "c1", false).unwrap(), vec![]);
+        let m = spec.mounts().as_ref().unwrap().last().unwrap().clone();
+        assert_eq!(
+            m.source().as_deref(),
+            Some(Path::new("/run/carapace/pod-memory/shm"))
+        );
     }
 
     #[test]
