@@ -151,6 +151,10 @@ pub struct FirstContainer<'a> {
     pub size: VmSize,
     /// The pod's network namespace on the host (the spec's, before it was rewritten).
     pub netns: Option<PathBuf>,
+    /// With no `netns`: whether the spec asks for a new network namespace, which the shim
+    /// then makes, with a NIC prewired for what its caller adds after Create
+    /// ([`PodNetwork::prewire`]).
+    pub own_netns: bool,
     /// The pod's hostname (the spec's).
     pub hostname: Option<String>,
     /// The host file bound on the container's `/etc/resolv.conf`, whose DNS settings the
@@ -206,6 +210,7 @@ impl Sandbox {
     pub async fn boot(config: &Config, sid: &PodId, first: FirstContainer<'_>) -> Result<Self> {
         let mut network = match &first.netns {
             Some(path) => Some(PodNetwork::attach_path(path).await?),
+            None if first.own_netns => Some(PodNetwork::prewire().await?),
             None => None,
         };
         let cgroup = match first.cgroup.as_deref().map(PodCgroup::make).transpose() {
@@ -316,6 +321,7 @@ impl Sandbox {
             &dir.join("vm.json"),
             &dir.join("vmm.log"),
             procs,
+            network.as_ref().and_then(PodNetwork::own_namespace),
         )
         .await?;
         let _ = std::fs::write(dir.join("vmm.pid"), vmm.pid().to_string());
@@ -380,6 +386,20 @@ impl Sandbox {
             cgroup: None,
             stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Joins a prewired NIC to the interface the pod's caller added to its namespace after
+    /// Create (`ctr run --cni`), and configures the guest's NIC; nothing for any other pod,
+    /// or a second time.
+    pub async fn adopt_network(&self) -> Result<()> {
+        let mut network = self.network.lock().await;
+        let Some(n) = network.as_mut() else {
+            return Ok(());
+        };
+        if n.adopt().await? {
+            n.configure_guest(&self.agent).await?;
+        }
+        Ok(())
     }
 
     /// A watch of the VMM's exit status.

@@ -149,14 +149,16 @@ impl Vmm {
     /// appended to `log`, inheriting the descriptors `config.net` names (the shim's are
     /// close-on-exec, so no other child gets them), born in the cgroup whose `cgroup.procs`
     /// is `procs` (the child moves itself there before it executes the VMM, so every page
-    /// the VMM touches is charged to the pod). A task owns the child and records its exit
-    /// status.
+    /// the VMM touches is charged to the pod), in the network namespace `netns` when given
+    /// (the pod's own, see [`crate::network::PodNetwork::prewire`]: the VMM's jail moves the
+    /// VMM itself on to an empty one). A task owns the child and records its exit status.
     pub async fn start(
         binary: &Path,
         config: &VmConfig,
         config_path: &Path,
         log: &Path,
         procs: Option<OwnedFd>,
+        netns: Option<RawFd>,
     ) -> Result<Self> {
         let json = serde_json::to_vec_pretty(&config.vmm_config())
             .map_err(|e| ShimError::Internal(format!("serializing the VM config: {e}")))?;
@@ -180,12 +182,18 @@ impl Vmm {
             .kill_on_drop(false);
         let inherit: Vec<RawFd> = config.net.iter().map(|n| n.tap_fd).collect();
         let procs_fd = procs.as_ref().map(|p| p.as_raw_fd());
-        if !inherit.is_empty() || procs_fd.is_some() {
-            // SAFETY: the closure runs in the forked child before exec and only calls write(2)
-            // and fcntl(2), which are async-signal-safe, on descriptors the parent keeps open
-            // across the spawn (`procs` lives until `spawn` returns).
+        if !inherit.is_empty() || procs_fd.is_some() || netns.is_some() {
+            // SAFETY: the closure runs in the forked child before exec and only calls write(2),
+            // setns(2) and fcntl(2), which are async-signal-safe, on descriptors the parent
+            // keeps open across the spawn (`procs` lives until `spawn` returns, `netns` with
+            // the pod's network).
             unsafe {
                 command.pre_exec(move || {
+                    if let Some(fd) = netns {
+                        if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                     if let Some(fd) = procs_fd {
                         // "0": the writing process itself.
                         if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {

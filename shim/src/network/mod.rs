@@ -44,7 +44,7 @@ use crate::agent::ctx_timeout;
 use crate::error::{NetworkError, ShimError};
 
 mod netlink;
-pub use netlink::Netlink;
+pub use netlink::{new_namespace, Netlink};
 
 /// Deadline of each network RPC to the agent.
 const RPC: Duration = Duration::from_secs(30);
@@ -65,6 +65,8 @@ pub trait Netns: Send + Sync {
     /// Creates the tap `name` (tap, no packet information, virtio-net header) with `mtu` and
     /// brings it up; returns its descriptor (close-on-exec) and index.
     async fn create_tap(&self, name: &str, mtu: u32) -> Result<(OwnedFd, u32)>;
+    /// Gives a link the Ethernet address `mac`.
+    async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<()>;
     /// Removes a link; gone already is fine.
     async fn delete_link(&self, index: u32) -> Result<()>;
     /// Adds an ingress qdisc to `from` and a filter redirecting every frame it receives to the
@@ -86,6 +88,17 @@ pub fn netns_path(spec: &Spec) -> Option<PathBuf> {
         .and_then(|n| n.path().clone())
 }
 
+/// Whether the spec asks for a new network namespace (one without a path).
+pub fn wants_new_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        })
+}
+
 /// Refuses the namespace at `path` when it is the one at `own` (the shim's, which is the
 /// host's: the CRI never hands a pod the host namespace, and `--with-ns network:/proc/1/ns/net`
 /// must not put taps and redirects on the host's NICs).
@@ -102,6 +115,22 @@ pub fn refuse_host_namespace(path: &Path, own: &Path) -> Result<()> {
         return Err(NetworkError::HostNamespace(path.to_path_buf()));
     }
     Ok(())
+}
+
+/// The MTU of a prewired NIC (CNI's usual): a link added later with a larger one is capped.
+const PREWIRED_MTU: u32 = 1500;
+
+/// A random locally administered unicast MAC.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        // Never on Linux for 6 bytes; a fixed address still works for one NIC per namespace.
+        mac = [0x02, 0, 0, 0, 0, 1];
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
 
 /// The name of the pod's `i`-th tap (under IFNAMSIZ for any realistic count).
@@ -227,6 +256,12 @@ pub struct VmNic {
 pub struct PodNetwork {
     path: PathBuf,
     ns: Box<dyn Netns>,
+    /// The namespace when the shim made it ([`PodNetwork::prewire`]): the VMM's supervisor is
+    /// put in it, so that `/proc/<task pid>/ns/net` names it to whoever sets its network up.
+    own: Option<OwnedFd>,
+    /// A NIC made before its link exists ([`PodNetwork::prewire`]), joined to the link when
+    /// [`PodNetwork::adopt`] finds it.
+    prewired: bool,
     nics: Vec<Nic>,
     interfaces: Vec<Interface>,
     routes: Vec<Route>,
@@ -247,6 +282,8 @@ impl PodNetwork {
         let mut net = Self {
             path: path.to_path_buf(),
             ns,
+            own: None,
+            prewired: false,
             nics: Vec::new(),
             interfaces: Vec::new(),
             routes: Vec::new(),
@@ -297,6 +334,111 @@ impl PodNetwork {
         self.routes = routes_for(&self.ns.routes().await?, &links);
         self.neighbours = neighbours_for(&self.ns.neighbours().await?, &links);
         Ok(())
+    }
+
+    /// A network namespace of the pod's own, for a container whose spec asks for a new one
+    /// (no path: `ctr run`, nerdctl, Docker), which its caller may set up after Create
+    /// (`ctr run --cni` runs CNI on `/proc/<task pid>/ns/net`, nerdctl and Docker in OCI
+    /// hooks), as Kata does: the VMM boots with one NIC whose tap waits in the namespace, and
+    /// at Start [`PodNetwork::adopt`] joins it to the interface the caller added.
+    pub async fn prewire() -> Result<Self> {
+        let own = new_namespace().map_err(|source| NetworkError::Namespace {
+            path: PathBuf::from("a new network namespace"),
+            source,
+        })?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", own.as_raw_fd()));
+        let ns = Netlink::open(&path).await?;
+        Self::prewire_in(&path, Box::new(ns), Some(own), random_mac()).await
+    }
+
+    /// [`PodNetwork::prewire`] in `ns`, the guest's NIC taking `mac`.
+    pub async fn prewire_in(
+        path: &Path,
+        ns: Box<dyn Netns>,
+        own: Option<OwnedFd>,
+        mac: [u8; 6],
+    ) -> Result<Self> {
+        let mut net = Self {
+            path: path.to_path_buf(),
+            ns,
+            own,
+            prewired: true,
+            nics: Vec::new(),
+            interfaces: Vec::new(),
+            routes: Vec::new(),
+            neighbours: Vec::new(),
+        };
+        let name = tap_name(0);
+        let (fd, index) = net.ns.create_tap(&name, PREWIRED_MTU).await?;
+        net.nics.push(Nic {
+            link: Link {
+                name: "eth0".into(),
+                mac: mac.to_vec(),
+                mtu: PREWIRED_MTU,
+                ..Default::default()
+            },
+            tap: name,
+            tap_index: index,
+            tap_fd: Some(fd),
+            link_redirect: false,
+            tap_redirect: false,
+        });
+        Ok(net)
+    }
+
+    /// The namespace's descriptor when the shim made it, for the VMM to join.
+    pub fn own_namespace(&self) -> Option<RawFd> {
+        self.own.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    /// For a prewired network: joins the guest's NIC to the first interface the caller added
+    /// to the namespace since (giving that link the guest NIC's MAC, so frames addressed to
+    /// either reach the guest), and reads what the guest gets. Returns whether there was one;
+    /// a namespace left with only `lo` (`ctr run` without `--cni`) leaves the NIC unplugged.
+    /// Once only.
+    pub async fn adopt(&mut self) -> Result<bool> {
+        if !std::mem::take(&mut self.prewired) {
+            return Ok(false);
+        }
+        let links = guest_links(&self.ns.links().await?);
+        let Some(link) = links.first().cloned() else {
+            log::info!("pod network: no interface was added to the pod's namespace: no network");
+            return Ok(false);
+        };
+        if links.len() > 1 {
+            log::warn!(
+                "pod network: {} interfaces were added after Create; only {} reaches the guest",
+                links.len(),
+                link.name
+            );
+        }
+        let nic = self
+            .nics
+            .first_mut()
+            .expect("a prewired network has its NIC");
+        self.ns.set_mac(link.index, &nic.link.mac).await?;
+        let mut joined = Link {
+            mac: nic.link.mac.clone(),
+            ..link.clone()
+        };
+        // The tap was made at the link's usual MTU; the guest's NIC takes the link's.
+        joined.mtu = link.mtu.min(PREWIRED_MTU);
+        nic.link = joined.clone();
+        self.ns.redirect(link.index, nic.tap_index).await?;
+        nic.link_redirect = true;
+        self.ns.redirect(nic.tap_index, link.index).await?;
+        nic.tap_redirect = true;
+        let addresses = self.ns.addresses(link.index).await?;
+        self.interfaces = vec![interface_for(&joined, &addresses)];
+        let links = [joined];
+        self.routes = routes_for(&self.ns.routes().await?, &links);
+        self.neighbours = neighbours_for(&self.ns.neighbours().await?, &links);
+        log::info!(
+            "pod network: {} added after Create, joined to {}",
+            link.name,
+            nic.tap
+        );
+        Ok(true)
     }
 
     /// The VMM's virtio-net devices, in the order of the interfaces.

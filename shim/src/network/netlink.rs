@@ -53,6 +53,25 @@ async fn in_netns<T: Send + 'static>(
         .map_err(|_| io::Error::other("the thread in the pod's network namespace died"))?
 }
 
+/// Makes a new, empty network namespace (on a thread of its own that unshares it, so no
+/// thread of the shim changes namespace) and returns a descriptor of it: the namespace lives
+/// while the descriptor or a process in it does.
+pub fn new_namespace() -> io::Result<OwnedFd> {
+    std::thread::Builder::new()
+        .name("carapace-netns".into())
+        .spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            let ns: OwnedFd = File::options()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/proc/thread-self/ns/net")?
+                .into();
+            Ok(ns)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the thread making a network namespace died"))?
+}
+
 /// Opens `/dev/net/tun` (in the calling thread's network namespace) as the tap `name`, with no
 /// packet information and a virtio-net header, as carapace-vmm's net device takes it.
 fn open_tap(name: &str) -> io::Result<OwnedFd> {
@@ -195,6 +214,19 @@ impl Netns for Netlink {
             .await
             .map_err(nl(format!("bringing {name} up")))?;
         Ok((fd, index))
+    }
+
+    async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("setting the MAC of link {index}")))
     }
 
     async fn delete_link(&self, index: u32) -> Result<()> {

@@ -44,6 +44,7 @@ struct FakeState {
     taps: BTreeSet<u32>,
     ingress: BTreeSet<u32>,
     redirects: Vec<(u32, u32)>,
+    macs: Vec<(u32, Vec<u8>)>,
 }
 
 impl Fake {
@@ -115,6 +116,10 @@ impl Netns for std::sync::Arc<Fake> {
         s.taps.insert(index);
         let fd = File::open("/dev/null").unwrap().into();
         Ok((fd, index))
+    }
+    async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<()> {
+        self.change()?.macs.push((index, mac.to_vec()));
+        Ok(())
     }
     async fn delete_link(&self, index: u32) -> Result<()> {
         self.state.lock().unwrap().taps.remove(&index);
@@ -193,6 +198,71 @@ async fn a_veth_gets_a_tap_redirects_both_ways_and_the_guest_its_config() {
         assert!(s.taps.is_empty() && s.ingress.is_empty() && s.redirects.is_empty());
     }
     net.detach().await.unwrap();
+}
+
+const GUEST_MAC: [u8; 6] = [0x02, 0xca, 0xfe, 0, 0, 1];
+
+#[tokio::test]
+async fn a_prewired_nic_is_joined_at_start_to_the_interface_added_after_create() {
+    // The namespace as CNI left it after Create (the fake lists the links it is given: the
+    // prewired tap is named as ours and never taken for the pod's interface).
+    let fake = Arc::new(Fake {
+        links: pod_links(),
+        ..Default::default()
+    });
+    let mut net = PodNetwork::prewire_in(Path::new("/ns"), Box::new(fake.clone()), None, GUEST_MAC)
+        .await
+        .unwrap();
+    let nics = net.vm_nics();
+    assert_eq!(nics.len(), 1);
+    assert_eq!(nics[0].mac, "02:ca:fe:00:00:01");
+    assert!(
+        fake.state.lock().unwrap().redirects.is_empty(),
+        "nothing joined before Start"
+    );
+
+    assert!(net.adopt().await.unwrap());
+    {
+        let s = fake.state.lock().unwrap();
+        assert_eq!(
+            s.macs,
+            vec![(2, GUEST_MAC.to_vec())],
+            "the veth takes the guest's MAC"
+        );
+        assert_eq!(s.redirects, vec![(2, 100), (100, 2)]);
+    }
+    let i = &net.interfaces()[0];
+    assert_eq!(
+        (i.name.as_str(), i.hw_addr.as_str(), i.mtu),
+        ("eth0", "02:ca:fe:00:00:01", 1450)
+    );
+    assert_eq!(i.addresses[0].address, "10.88.0.2");
+    assert_eq!(net.routes()[0].gateway, "10.88.0.1");
+    assert!(!net.adopt().await.unwrap(), "once only");
+
+    net.detach().await.unwrap();
+    let s = fake.state.lock().unwrap();
+    assert!(s.taps.is_empty() && s.ingress.is_empty() && s.redirects.is_empty());
+}
+
+#[tokio::test]
+async fn a_prewired_nic_with_nothing_added_stays_unplugged() {
+    let fake = Arc::new(Fake {
+        links: vec![link(1, "lo", &[0; 6])],
+        ..Default::default()
+    });
+    let mut net = PodNetwork::prewire_in(Path::new("/ns"), Box::new(fake.clone()), None, GUEST_MAC)
+        .await
+        .unwrap();
+    assert!(!net.adopt().await.unwrap());
+    assert!(net.interfaces().is_empty());
+    {
+        let s = fake.state.lock().unwrap();
+        assert!(s.macs.is_empty() && s.redirects.is_empty());
+        assert_eq!(s.taps, BTreeSet::from([100]));
+    }
+    net.detach().await.unwrap();
+    assert!(fake.state.lock().unwrap().taps.is_empty());
 }
 
 #[tokio::test]

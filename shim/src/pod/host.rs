@@ -76,6 +76,9 @@ pub trait Vm: Send + Sync {
     fn console_tail(&self) -> String;
     /// The end of the VMM's log, for error reports.
     fn vmm_log_tail(&self) -> String;
+    /// Joins the pod's prewired NIC to what its caller added after Create, if anything
+    /// ([`Sandbox::adopt_network`]); before the first container starts.
+    async fn adopt_network(&self) -> Result<()>;
     /// Stops the VM and removes every host-side trace of the pod.
     async fn teardown(&self) -> Result<()>;
 }
@@ -165,6 +168,9 @@ impl Vm for Sandbox {
     }
     fn vmm_log_tail(&self) -> String {
         Sandbox::vmm_log_tail(self)
+    }
+    async fn adopt_network(&self) -> Result<()> {
+        Sandbox::adopt_network(self).await
     }
     async fn teardown(&self) -> Result<()> {
         Sandbox::teardown(self).await

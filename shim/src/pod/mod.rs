@@ -181,6 +181,7 @@ impl Pod {
         let mut booted: Option<Arc<dyn Vm>> = None;
         // Read before `for_guest` drops host namespace paths from the spec.
         let netns = crate::network::netns_path(&oci);
+        let own_netns = netns.is_none() && crate::network::wants_new_netns(&oci);
         let hostname = oci.hostname().clone().filter(|h| !h.is_empty());
         let resolv_conf = crate::network::resolv_conf_source(&oci);
         let cgroup = oci.linux().as_ref().and_then(|l| l.cgroups_path().clone());
@@ -200,6 +201,7 @@ impl Pod {
                         guest_rootfs: &guest_rootfs,
                         size,
                         netns: netns.clone(),
+                        own_netns,
                         hostname: hostname.clone(),
                         resolv_conf: resolv_conf.clone(),
                         cgroup: cgroup.as_ref().map(|p| p.to_string_lossy().into_owned()),
@@ -319,6 +321,8 @@ impl Pod {
         }
         match exec {
             ExecId::Init => {
+                // `ctr run --cni` and OCI hooks set the network up between Create and Start.
+                sb.adopt_network().await?;
                 let r = ag::StartContainerRequest {
                     container_id: id.to_string(),
                     ..Default::default()

@@ -259,6 +259,10 @@ impl Vm for FakeVm {
     fn vmm_log_tail(&self) -> String {
         String::new()
     }
+    async fn adopt_network(&self) -> Result<()> {
+        self.log.push(format!("vm adopt network {}", self.id));
+        Ok(())
+    }
     async fn teardown(&self) -> Result<()> {
         self.stopping.store(true, Ordering::SeqCst);
         self.log.push(format!("vm teardown {}", self.id));
@@ -629,6 +633,7 @@ async fn execs_are_named_to_the_agent_by_their_id_and_the_init_by_none() {
     assert_eq!(
         f.log.take(),
         strs(&[
+            "vm adopt network c1",
             "agent StartContainer c1",
             "event /tasks/start",
             "event /tasks/exec-added",
@@ -709,6 +714,7 @@ async fn pause_and_resume_follow_the_status() {
     assert_eq!(
         f.log.take(),
         strs(&[
+            "vm adopt network c1",
             "agent StartContainer c1",
             "event /tasks/start",
             "agent PauseContainer c1",
