@@ -6,7 +6,7 @@ JOBS ?= 2
 CARGO := cargo
 export CARAPACE_JOBS := $(JOBS)
 
-.PHONY: all deps kernels images build install lint unit-test lab-test test bench bench-ctr lab-stress demo clean
+.PHONY: all deps kernels images build install lint unit-test lab-test test bench bench-ctr bench-cri lab-stress demo clean
 
 all: build
 
@@ -83,6 +83,14 @@ demo: deps
 # `ctr run --rm busybox true` with runc and with carapace, 10 runs each in one session.
 bench-ctr: deps
 	tests/demo --bench 10
+
+# The CRI's RunPodSandbox, CreateContainer and StartContainer, runc against carapace, CRI_RUNS
+# rounds (default 10) in one lab session (tests/bench/cri.rs).
+CRI_RUNS ?= 10
+bench-cri: deps kernels images
+	$(CARGO) build --locked --release -j$(JOBS) -p carapace-vmm -p carapace-shim
+	CARAPACE_VMM=$(CURDIR)/target/release/carapace-vmm CARAPACE_CRI_RUNS=$(CRI_RUNS) \
+	$(CARGO) bench --locked -j$(JOBS) -p carapace-tests --bench cri
 
 # Every fuzz target (vmm/fuzz, agent/fuzz) under libFuzzer, one after the other, FUZZ_RUNS
 # executions each (default 10000000) or FUZZ_TIME seconds each; prints executions, coverage and

@@ -3,6 +3,7 @@
 
 mod agent_vsock;
 mod containerd_runc;
+mod cri;
 mod guest_boot;
 mod isolation;
 mod kvm;

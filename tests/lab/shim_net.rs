@@ -7,9 +7,11 @@
 //! state is left. A namespace that does not exist, or holds only `lo`, is refused by name and
 //! leaves nothing behind.
 //!
-//! `ctr run --cni` is not used: ctr sets CNI up after Create in `/proc/<task pid>/ns/net`,
-//! which for a VM runtime is the VMM's (the host's) namespace. CRI, and `--with-ns`, name the
-//! pod's namespace in the spec, which is what the shim reads.
+//!
+//! `ctr run --cni`, with runc as the reference: ctr sets CNI up after Create in
+//! `/proc/<task pid>/ns/net`, which for carapace is the namespace the shim made for the pod,
+//! where a NIC waits for what CNI adds; at Start the container's `eth0` has CNI's address and
+//! route and reaches a listener on the CNI bridge's gateway; afterwards nothing is left.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -149,5 +151,96 @@ lab_test! {
         let _ = c.ctr_output(["containers", "rm", "net2", "net3"]);
         let left = c.leftovers();
         assert!(left.is_empty(), "carapace left traces after refusals: {left:?}\n{}", c.log());
+    }
+}
+
+/// `ctr run --cni`'s CNI network (ctr reads /etc/cni/net.d and /opt/cni/bin; the lab's root is
+/// a tmpfs overlay): a bridge with host-local addresses; removed again when dropped.
+struct CtrCni {
+    ipam: std::path::PathBuf,
+}
+
+const CNI_BRIDGE: &str = "ctr-cni0";
+const CNI_GATEWAY: &str = "10.124.0.1";
+const CNI_CONF: &str = "/etc/cni/net.d/10-carapace-ctr.conflist";
+
+impl CtrCni {
+    fn new() -> Self {
+        let ipam = carapace_tests::containerd::make_temp_dir("carapace-cni-ipam");
+        std::fs::create_dir_all("/etc/cni/net.d").unwrap();
+        std::fs::write(
+            CNI_CONF,
+            format!(
+                r#"{{"cniVersion": "1.0.0", "name": "carapace-ctr", "plugins": [
+                  {{"type": "bridge", "bridge": "{CNI_BRIDGE}", "isGateway": true,
+                    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.124.0.0/24"}}]],
+                              "routes": [{{"dst": "0.0.0.0/0"}}],
+                              "dataDir": "{}"}}}}]}}"#,
+                ipam.display()
+            ),
+        )
+        .unwrap();
+        if !std::path::Path::new("/opt/cni/bin").exists() {
+            std::fs::create_dir_all("/opt/cni").unwrap();
+            std::os::unix::fs::symlink("/usr/lib/cni", "/opt/cni/bin").unwrap();
+        }
+        CtrCni { ipam }
+    }
+
+    /// The addresses host-local still has leased.
+    fn leases(&self) -> Vec<String> {
+        std::fs::read_dir(self.ipam.join("carapace-ctr"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CtrCni {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(CNI_CONF);
+        let _ = Command::new("ip")
+            .args(["link", "del", CNI_BRIDGE])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.ipam);
+    }
+}
+
+lab_test! {
+    fn ctr_run_cni_gives_the_container_the_network_cni_sets_up_after_create() {
+        let cni = CtrCni::new();
+        let c = Carapace::start();
+        c.import(&busybox_image());
+        for (runtime, id) in [("io.containerd.runc.v2", "cni-runc"), (RUNTIME, "cni-carapace")] {
+            // The bridge's gateway address exists once CNI made the bridge: listen on all.
+            let listener = TcpListener::bind(("0.0.0.0", 8124)).expect("bind the host listener");
+            let server = std::thread::spawn(move || {
+                let (mut s, peer) = listener.accept().expect("accept");
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nhello-from-host\n").unwrap();
+                peer.ip().to_string()
+            });
+            let script = format!(
+                "ip -o -4 addr show dev eth0; ip route; \
+                 printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 {CNI_GATEWAY} 8124"
+            );
+            let out = c.ctr_output([
+                "run", "--rm", "--cni", "--runtime", runtime, BUSYBOX_IMAGE, id, "sh", "-c", &script,
+            ]);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{runtime}: {}", c.explain("ctr run --cni", &out));
+            assert!(stdout.contains("inet 10.124.0."), "{runtime}: CNI's address on eth0: {stdout}");
+            assert!(stdout.contains(&format!("default via {CNI_GATEWAY} dev eth0")), "{runtime}: CNI's route: {stdout}");
+            assert!(stdout.contains("hello-from-host"), "{runtime}: TCP to the gateway: {}", c.explain("ctr run --cni", &out));
+            let peer = server.join().expect("the listener");
+            assert!(peer.starts_with("10.124.0."), "{runtime}: the host sees the pod's address, not {peer}");
+            assert_eq!(cni.leases(), Vec::<String>::new(), "{runtime}: ctr's CNI DEL released the address");
+        }
+        c.assert_nothing_left();
     }
 }

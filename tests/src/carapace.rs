@@ -93,6 +93,16 @@ impl Carapace {
     /// Like [`Carapace::start_with_config`], with rootfs directories shared as `share` says
     /// (`virtiofs` or `block-copy`) whatever [`share`] says.
     pub fn start_with_share(share: &str, extra: &str) -> Carapace {
+        Self::start_full(share, extra, None)
+    }
+
+    /// Like [`Carapace::start`], with containerd's CRI plugin configured by `cri` (see
+    /// [`Containerd::start_with_cri`]).
+    pub fn start_with_cri(cri: &dyn Fn(&Path) -> String) -> Carapace {
+        Self::start_full(&share(), "", Some(cri))
+    }
+
+    fn start_full(share: &str, extra: &str, cri: Option<&dyn Fn(&Path) -> String>) -> Carapace {
         let config_dir = make_temp_dir("carapace-shim-config");
         let config = config_dir.join("config.toml");
         let text = format!(
@@ -107,10 +117,10 @@ impl Carapace {
         let mut dirs = vec![artifacts::bin_dir()];
         dirs.extend(std::env::split_paths(&path));
         let path = std::env::join_paths(dirs).expect("PATH entries have no ':'");
-        let containerd = Containerd::start_with_env(&[
-            ("PATH", path),
-            ("CARAPACE_CONFIG", OsString::from(&config)),
-        ]);
+        let containerd = Containerd::start_with_cri(
+            &[("PATH", path), ("CARAPACE_CONFIG", OsString::from(&config))],
+            cri,
+        );
         Carapace {
             containerd: Some(containerd),
             config_dir,

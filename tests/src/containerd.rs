@@ -25,22 +25,41 @@ impl Containerd {
     /// Like [`Containerd::start`], with extra environment variables for containerd and the
     /// shims it starts (e.g. a PATH that finds a freshly built shim).
     pub fn start_with_env(env: &[(&str, std::ffi::OsString)]) -> Containerd {
+        Self::start_with_cri(env, None)
+    }
+
+    /// Like [`Containerd::start_with_env`]; with `cri`, the CRI plugin runs, configured by
+    /// the TOML tables `cri` returns for containerd's private directory (it may write files
+    /// there, CNI configurations say). Without, the plugin (which binds 127.0.0.1 ports) is
+    /// kept out.
+    pub fn start_with_cri(
+        env: &[(&str, std::ffi::OsString)],
+        cri: Option<&dyn Fn(&Path) -> String>,
+    ) -> Containerd {
         let dir = make_temp_dir("carapace-containerd");
         let config = dir.join("config.toml");
+        let (disabled, cri_tables) = match cri {
+            Some(tables) => ("", tables(&dir)),
+            None => (
+                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#,
+                String::new(),
+            ),
+        };
         fs::write(
             &config,
             format!(
                 r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-# The CRI plugin is not used by these tests and binds 127.0.0.1 ports: keep it out.
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 
 [grpc]
   address = "{d}/containerd.sock"
 
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
+
+{cri_tables}
 "#,
                 d = dir.display()
             ),
@@ -98,10 +117,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// A `ctr` command talking to this containerd in containerd namespace `namespace`.
+    pub fn ctr_in<I, S>(&self, namespace: &str, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.socket())
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args);
         cmd
     }
@@ -114,7 +142,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = self.ctr(args);
+        self.output_of(self.ctr(args))
+    }
+
+    /// Runs the `ctr` command `cmd` as [`Containerd::ctr_output`] does.
+    pub fn output_of(&self, mut cmd: Command) -> Output {
         let what = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::null())
@@ -157,11 +189,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Imports an OCI image tarball.
     pub fn import(&self, tarball: &Path) {
-        let out = self.ctr_output([
-            Path::new("images").as_os_str(),
-            "import".as_ref(),
-            tarball.as_os_str(),
-        ]);
+        self.import_in(NAMESPACE, tarball)
+    }
+
+    /// Imports an OCI image tarball into containerd namespace `namespace`.
+    pub fn import_in(&self, namespace: &str, tarball: &Path) {
+        let out = self.output_of(self.ctr_in(
+            namespace,
+            [
+                Path::new("images").as_os_str(),
+                "import".as_ref(),
+                tarball.as_os_str(),
+            ],
+        ));
         assert!(
             out.status.success(),
             "ctr images import {} failed: {}\n{}",

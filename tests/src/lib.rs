@@ -5,6 +5,7 @@ pub mod agent;
 pub mod artifacts;
 pub mod carapace;
 pub mod containerd;
+pub mod cri;
 pub mod diagnose;
 pub mod lab;
 pub mod vm;

@@ -1,0 +1,400 @@
+//! Kubernetes' CRI against a private containerd, as a kubelet drives it: containerd's CRI
+//! plugin with two runtime handlers (`runc`, the reference, and `carapace`), the reference
+//! CNI plugins (bridge, host-local, portmap, loopback) on a private bridge, the busybox and
+//! pause images, and a blocking CRI client (Kubernetes' CRI protos through `k8s-cri`).
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::artifacts;
+use crate::carapace::Carapace;
+
+pub use k8s_cri::v1;
+
+/// The containerd namespace the CRI plugin keeps its pods, containers and images in.
+pub const NAMESPACE: &str = "k8s.io";
+/// The runtime handlers every CRI test runs its pods with: runc first, as the reference.
+pub const HANDLERS: [&str; 2] = ["runc", "carapace"];
+/// The sandbox (pause) image, from images/build-busybox-image.
+pub const PAUSE_IMAGE: &str = "localhost/carapace/pause:latest";
+/// The CNI network's bridge on the host and its subnet.
+pub const BRIDGE: &str = "cri-test0";
+/// The subnet pods get their addresses from; the bridge (the pods' gateway) has `.1`.
+pub const SUBNET: &str = "10.99.0.0/24";
+
+/// The paths a kubelet masks in a container (Kubernetes' default proc mount).
+pub const MASKED_PATHS: [&str; 10] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+/// The paths a kubelet makes read-only in a container.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The longest a CRI call of a test may take (a carapace sandbox boots its VM in it).
+const CALL_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// containerd with its CRI plugin, and a client of it.
+pub struct Cri {
+    carapace: Carapace,
+    rt: tokio::runtime::Runtime,
+    channel: Channel,
+}
+
+fn cri_config(dir: &Path) -> String {
+    let cni = dir.join("cni");
+    std::fs::create_dir_all(&cni).expect("make the CNI config directory");
+    std::fs::write(
+        cni.join("10-cri-test.conflist"),
+        format!(
+            r#"{{
+  "cniVersion": "1.0.0",
+  "name": "cri-test",
+  "plugins": [
+    {{ "type": "bridge", "bridge": "{BRIDGE}", "isGateway": true, "ipMasq": false,
+       "ipam": {{ "type": "host-local", "ranges": [[{{ "subnet": "{SUBNET}" }}]],
+                  "dataDir": "{ipam}" }} }},
+    {{ "type": "portmap", "capabilities": {{ "portMappings": true }} }}
+  ]
+}}"#,
+            ipam = dir.join("cni-ipam").display()
+        ),
+    )
+    .expect("write the CNI config");
+    format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.carapace]
+      runtime_type = "{runtime}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+    max_conf_num = 1
+"#,
+        runtime = crate::carapace::RUNTIME,
+        cni = cni.display()
+    )
+}
+
+impl Cri {
+    /// Starts containerd with its CRI plugin and both handlers, imports the images and waits
+    /// until the CRI reports its runtime and network ready.
+    pub fn start() -> Cri {
+        let carapace = Carapace::start_with_cri(&cri_config);
+        carapace.import_in(NAMESPACE, &artifacts::busybox_image());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let socket = carapace.socket();
+        let channel = rt
+            .block_on(async move {
+                Endpoint::try_from("http://[::]")
+                    .expect("a fixed URI")
+                    .timeout(CALL_TIMEOUT)
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                tokio::net::UnixStream::connect(socket).await?,
+                            ))
+                        }
+                    }))
+                    .await
+            })
+            .expect("connect to containerd's CRI");
+        let c = Cri {
+            carapace,
+            rt,
+            channel,
+        };
+        let mut last = String::new();
+        let ready = crate::lab::wait_for(Duration::from_secs(60), || {
+            let status = c
+                .call(|mut r| async move { r.status(cri::StatusRequest { verbose: false }).await });
+            match status {
+                Ok(s) => {
+                    let conditions = s.status.map(|s| s.conditions).unwrap_or_default();
+                    last = format!("{conditions:?}");
+                    let images =
+                        c.image_present(PAUSE_IMAGE) && c.image_present(artifacts::BUSYBOX_IMAGE);
+                    (conditions.len() >= 2 && conditions.iter().all(|c| c.status) && images)
+                        .then_some(())
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            }
+        });
+        assert!(
+            ready.is_some(),
+            "the CRI did not become ready within 60 s: {last}\n{}",
+            c.log()
+        );
+        c
+    }
+
+    /// Runs one call of the CRI's runtime service on this test's runtime.
+    pub fn call<T, F>(
+        &self,
+        f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = RuntimeServiceClient::new(self.channel.clone());
+        self.rt.block_on(f(client)).map(|r| r.into_inner())
+    }
+
+    /// Whether the CRI's image service knows `image`.
+    pub fn image_present(&self, image: &str) -> bool {
+        let mut client = ImageServiceClient::new(self.channel.clone());
+        let spec = image_spec(image);
+        self.rt
+            .block_on(client.image_status(cri::ImageStatusRequest {
+                image: Some(spec),
+                verbose: false,
+            }))
+            .is_ok_and(|r| r.into_inner().image.is_some())
+    }
+
+    /// Where pods' CRI logs go: `<containerd dir>/pod-logs/<pod name>`.
+    pub fn log_directory(&self, pod: &str) -> PathBuf {
+        self.dir().join("pod-logs").join(pod)
+    }
+
+    /// A pod's configuration as a kubelet sends it: metadata, hostname, log directory, a
+    /// pod-scoped network, IPC and UTS, the container's own PID namespace.
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let logs = self.log_directory(name);
+        std::fs::create_dir_all(&logs).expect("make the pod's log directory");
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: logs.to_string_lossy().into_owned(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: String::new(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox with `handler`; returns the pod's id.
+    pub fn run_pod(
+        &self,
+        handler: &str,
+        config: &cri::PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
+        let request = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        self.call(|mut r| async move { r.run_pod_sandbox(request).await })
+            .map(|r| r.pod_sandbox_id)
+    }
+
+    /// A container's configuration: the busybox image running `command`, logging to
+    /// `<name>.log` in the pod's log directory, with the masked and read-only paths a kubelet
+    /// sends (its default proc mount).
+    pub fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(image_spec(artifacts::BUSYBOX_IMAGE)),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    masked_paths: MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
+                    readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// CreateContainer then StartContainer; returns the container's id.
+    pub fn start_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let request = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self
+            .call(|mut r| async move { r.create_container(request).await })?
+            .container_id;
+        let start = cri::StartContainerRequest {
+            container_id: id.clone(),
+        };
+        self.call(|mut r| async move { r.start_container(start).await })?;
+        Ok(id)
+    }
+
+    /// ExecSync of `cmd` in container `id`: its exit code, stdout and stderr.
+    pub fn exec(&self, id: &str, cmd: &[&str]) -> (i32, String, String) {
+        let request = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        };
+        let r = self
+            .call(|mut r| async move { r.exec_sync(request).await })
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?} in {id}: {e}\n{}", self.log()));
+        (
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    }
+
+    /// ExecSync that must exit 0; its stdout, trimmed.
+    pub fn exec_ok(&self, id: &str, cmd: &[&str]) -> String {
+        let (code, out, err) = self.exec(id, cmd);
+        assert_eq!(code, 0, "{cmd:?} in {id}: stdout {out:?} stderr {err:?}");
+        out.trim().to_string()
+    }
+
+    /// The status of container `id`.
+    pub fn container_status(&self, id: &str) -> cri::ContainerStatus {
+        let request = cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        self.call(|mut r| async move { r.container_status(request).await })
+            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+            .status
+            .expect("a status")
+    }
+
+    /// StopContainer with `timeout` seconds of grace.
+    pub fn stop_container(&self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        let request = cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout,
+        };
+        self.call(|mut r| async move { r.stop_container(request).await })
+            .map(drop)
+    }
+
+    /// RemoveContainer.
+    pub fn remove_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let request = cri::RemoveContainerRequest {
+            container_id: id.into(),
+        };
+        self.call(|mut r| async move { r.remove_container(request).await })
+            .map(drop)
+    }
+
+    /// StopPodSandbox then RemovePodSandbox, as a kubelet ends a pod; both must succeed.
+    pub fn remove_pod(&self, pod: &str) {
+        let stop = cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        };
+        self.call(|mut r| async move { r.stop_pod_sandbox(stop).await })
+            .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}\n{}", self.log()));
+        let remove = cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        };
+        self.call(|mut r| async move { r.remove_pod_sandbox(remove).await })
+            .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}\n{}", self.log()));
+    }
+
+    /// The pod's IPv4 address on the CNI network.
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let request = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: false,
+        };
+        self.call(|mut r| async move { r.pod_sandbox_status(request).await })
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {pod}: {e}"))
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for container `id` to exit; its exit code.
+    pub fn wait_exit(&self, id: &str, timeout: Duration) -> Option<i32> {
+        crate::lab::wait_for(timeout, || {
+            let s = self.container_status(id);
+            (s.state == cri::ContainerState::ContainerExited as i32).then_some(s.exit_code)
+        })
+    }
+}
+
+/// An image reference as the CRI takes it.
+pub fn image_spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: image.into(),
+        annotations: HashMap::new(),
+        ..Default::default()
+    }
+}
+
+impl Deref for Cri {
+    type Target = Carapace;
+
+    fn deref(&self) -> &Carapace {
+        &self.carapace
+    }
+}
