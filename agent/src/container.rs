@@ -184,7 +184,7 @@ impl Containers {
         for name in spec::pod_memory_volumes(&spec)? {
             crate::sandbox::mount_pod_memory(&name)?;
         }
-        spec::set_net_sysctls(&spec::take_net_sysctls(&mut spec)?)?;
+        let net_sysctls = spec::take_net_sysctls(&mut spec)?;
         let cgroup_path = format!("{}/{id}", self.layout.cgroup_parent.trim_end_matches('/'));
         let sandbox = self
             .sandbox
@@ -199,6 +199,9 @@ impl Containers {
                 sandbox: &sandbox,
             },
         )?;
+        // Once the spec is accepted; pod-wide and not undone (as a pod's sysctls in its
+        // network namespace under runc).
+        spec::set_net_sysctls(&net_sysctls)?;
         let terminal = spec
             .process()
             .as_ref()

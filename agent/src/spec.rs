@@ -163,6 +163,13 @@ pub fn take_net_sysctls(spec: &mut Spec) -> Result<Vec<(PathBuf, String)>> {
     keys.sort();
     let mut out = Vec::new();
     for key in keys {
+        if key.starts_with("net.core.") && !PER_NETNS_CORE_SYSCTLS.contains(&key.as_str()) {
+            return Err(AgentError::InvalidArgument(format!(
+                "the sysctl {key:?} is not one of a network namespace's own (of net.core.* only \
+                 {PER_NETNS_CORE_SYSCTLS:?} are; the others, bpf_jit_harden among them, are \
+                 the whole kernel's)"
+            )));
+        }
         let value = sysctls.remove(&key).unwrap_or_default();
         out.push((sysctl_path(&key)?, value));
     }
@@ -170,6 +177,12 @@ pub fn take_net_sysctls(spec: &mut Spec) -> Result<Vec<(PathBuf, String)>> {
     spec.set_linux(Some(linux));
     Ok(out)
 }
+
+/// The `net.core.*` sysctls a network namespace has of its own. The agent sets the pod's net
+/// sysctls in the guest's initial namespace, where the other `net.core.*` keys are the whole
+/// kernel's (`bpf_jit_harden`, `bpf_jit_enable`, buffer maxima): a container under runc
+/// never sees those in its pod's namespace, so they are refused rather than set guest-wide.
+const PER_NETNS_CORE_SYSCTLS: [&str; 2] = ["net.core.somaxconn", "net.core.txrehash"];
 
 /// `/proc/sys/...` of a sysctl key, as runc reads one: dots separate, a slash stands for a
 /// dot within a name (`net.ipv4.conf.eth0/10.rp_filter`). No component may be empty, `.` or
@@ -515,6 +528,7 @@ mod tests {
             "net.a b",
             "net./..",
             "net.",
+            "net.core.bpf_jit_harden",
         ] {
             let mut spec = minimal();
             let mut linux = spec.linux().clone().unwrap_or_default();

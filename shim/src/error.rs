@@ -134,6 +134,9 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod's own network namespace (a new one the shim makes) could not be made or opened.
+    #[error("making the pod's own network namespace")]
+    OwnNamespace(#[source] std::io::Error),
     /// The namespace is the host's own (the shim's): taps and redirects there would join the
     /// host's interfaces to the guest.
     #[error("the pod's network namespace {0} is the host's own network namespace")]

@@ -397,7 +397,10 @@ impl Sandbox {
             return Ok(());
         };
         if n.adopt().await? {
-            n.configure_guest(&self.agent).await?;
+            if let Err(e) = n.configure_guest(&self.agent).await {
+                n.unadopt().await;
+                return Err(e.into());
+            }
         }
         Ok(())
     }

@@ -175,6 +175,12 @@ lab_test! {
                 assert_eq!(first, exec, "{handler} {what}: an exec has its container's context");
                 record(what, first);
             }
+            // RunAsUserName: the image's /etc/passwd names the user.
+            let named = with_security(c.container_config("named", &["sleep", "3600"]), |s| {
+                s.run_as_username = "nobody".into();
+            });
+            let named = start(&c, &sid, &pod, named);
+            assert_eq!(c.exec_ok(&named, &["id", "-u"]), "65534", "{handler}: nobody");
             assert_eq!(c.exec_ok(&user, &["id", "-u"]), "1000", "{handler}");
             assert_eq!(c.exec_ok(&user, &["id", "-g"]), "2000", "{handler}");
             let groups = c.exec_ok(&user, &["id", "-G"]);
@@ -310,6 +316,22 @@ lab_test! {
             let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map_or(0, |v| v.value);
             let mem = stats.memory.and_then(|m| m.working_set_bytes).map_or(0, |v| v.value);
             assert!(cpu > 0 && mem > 0, "{handler}: stats cpu {cpu} ns, memory {mem} B");
+
+            // PodSandboxStats: the pod's figures, with its running container's among them.
+            let pod_stats = c
+                .call(|mut r| {
+                    let pod_sandbox_id = sid.clone();
+                    async move { r.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id }).await }
+                })
+                .unwrap_or_else(|e| panic!("{handler}: PodSandboxStats: {e}\n{}", c.log()))
+                .stats
+                .and_then(|s| s.linux)
+                .unwrap_or_else(|| panic!("{handler}: PodSandboxStats without Linux figures"));
+            assert!(
+                pod_stats.containers.iter().any(|k| k.attributes.as_ref().is_some_and(|a| a.id == trapper)),
+                "{handler}: PodSandboxStats lists the container: {pod_stats:?}"
+            );
+            println!("{handler}: PodSandboxStats cpu {:?} memory {:?}", pod_stats.cpu, pod_stats.memory);
 
             c.stop_container(&trapper, 30).unwrap();
             assert_eq!(c.wait_exit(&trapper, Duration::from_secs(5)), Some(7), "{handler}");

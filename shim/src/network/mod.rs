@@ -338,16 +338,19 @@ impl PodNetwork {
 
     /// A network namespace of the pod's own, for a container whose spec asks for a new one
     /// (no path: `ctr run`, nerdctl, Docker), which its caller may set up after Create
-    /// (`ctr run --cni` runs CNI on `/proc/<task pid>/ns/net`, nerdctl and Docker in OCI
-    /// hooks), as Kata does: the VMM boots with one NIC whose tap waits in the namespace, and
-    /// at Start [`PodNetwork::adopt`] joins it to the interface the caller added.
+    /// (`ctr run --cni` runs CNI on `/proc/<task pid>/ns/net`), as Kata does: the VMM boots
+    /// with one NIC whose tap waits in the namespace, and at Start [`PodNetwork::adopt`]
+    /// joins it to the interface the caller added.
     pub async fn prewire() -> Result<Self> {
-        let own = new_namespace().map_err(|source| NetworkError::Namespace {
-            path: PathBuf::from("a new network namespace"),
-            source,
-        })?;
+        let own = tokio::task::spawn_blocking(new_namespace)
+            .await
+            .map_err(|e| NetworkError::OwnNamespace(std::io::Error::other(e)))?
+            .map_err(NetworkError::OwnNamespace)?;
         let path = PathBuf::from(format!("/proc/self/fd/{}", own.as_raw_fd()));
-        let ns = Netlink::open(&path).await?;
+        let ns = Netlink::open(&path).await.map_err(|e| match e {
+            NetworkError::Namespace { source, .. } => NetworkError::OwnNamespace(source),
+            other => other,
+        })?;
         Self::prewire_in(&path, Box::new(ns), Some(own), random_mac()).await
     }
 
@@ -395,12 +398,71 @@ impl PodNetwork {
     /// to the namespace since (giving that link the guest NIC's MAC, so frames addressed to
     /// either reach the guest), and reads what the guest gets. Returns whether there was one;
     /// a namespace left with only `lo` (`ctr run` without `--cni`) leaves the NIC unplugged.
-    /// Once only.
+    /// Once it succeeded, never again; a failure undoes what it did, so a retried Start
+    /// tries afresh.
     pub async fn adopt(&mut self) -> Result<bool> {
-        if !std::mem::take(&mut self.prewired) {
+        if !self.prewired {
             return Ok(false);
         }
-        let links = guest_links(&self.ns.links().await?);
+        let placeholder = self.nics.first().map(|n| n.link.clone());
+        match self.join_added_link().await {
+            Ok(joined) => {
+                self.prewired = false;
+                Ok(joined)
+            }
+            Err(e) => {
+                self.unjoin(placeholder).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes [`PodNetwork::adopt`] (the guest could not be configured, say): the redirects
+    /// are removed and the NIC waits again, so a retried Start tries afresh.
+    pub async fn unadopt(&mut self) {
+        if self.interfaces.is_empty() {
+            return;
+        }
+        let placeholder = self.nics.first().map(|n| Link {
+            name: "eth0".into(),
+            mac: n.link.mac.clone(),
+            mtu: PREWIRED_MTU,
+            ..Default::default()
+        });
+        self.unjoin(placeholder).await;
+        self.prewired = true;
+    }
+
+    /// Removes the redirects of the prewired NIC and gives it back `placeholder` as its link.
+    async fn unjoin(&mut self, placeholder: Option<Link>) {
+        let Some(nic) = self.nics.first_mut() else {
+            return;
+        };
+        for (made, index) in [
+            (&mut nic.link_redirect, nic.link.index),
+            (&mut nic.tap_redirect, nic.tap_index),
+        ] {
+            if std::mem::take(made) {
+                if let Err(e) = self.ns.remove_ingress(index).await {
+                    log::warn!("pod network: undoing a redirect: {e}");
+                }
+            }
+        }
+        if let Some(p) = placeholder {
+            nic.link = p;
+        }
+        self.interfaces.clear();
+        self.routes.clear();
+        self.neighbours.clear();
+    }
+
+    async fn join_added_link(&mut self) -> Result<bool> {
+        let tap_index = self.nics.first().map(|n| n.tap_index);
+        // Our tap by its index: the caller, root in the namespace, may have renamed it.
+        let links: Vec<Link> = guest_links(&self.ns.links().await?)
+            .into_iter()
+            .filter(|l| Some(l.index) != tap_index)
+            .collect();
         let Some(link) = links.first().cloned() else {
             log::info!("pod network: no interface was added to the pod's namespace: no network");
             return Ok(false);
@@ -416,7 +478,15 @@ impl PodNetwork {
             .nics
             .first_mut()
             .expect("a prewired network has its NIC");
-        self.ns.set_mac(link.index, &nic.link.mac).await?;
+        // Some links cannot change address (ipvlan): the redirects carry every frame the link
+        // receives all the same, so go on with a warning.
+        if let Err(e) = self.ns.set_mac(link.index, &nic.link.mac).await {
+            log::warn!(
+                "pod network: {} keeps its MAC ({e}); the guest's NIC has {}",
+                link.name,
+                format_mac(&nic.link.mac)
+            );
+        }
         let mut joined = Link {
             mac: nic.link.mac.clone(),
             ..link.clone()

@@ -226,7 +226,10 @@ impl Netns for Netlink {
             )
             .execute()
             .await
-            .map_err(nl(format!("setting the MAC of link {index}")))
+            .map_err(nl(format!(
+                "setting the MAC of link {index} to {}",
+                carapace_net::format_mac(mac)
+            )))
     }
 
     async fn delete_link(&self, index: u32) -> Result<()> {

@@ -246,6 +246,40 @@ async fn a_prewired_nic_is_joined_at_start_to_the_interface_added_after_create()
 }
 
 #[tokio::test]
+async fn a_failed_join_is_undone_and_a_retried_start_joins_afresh() {
+    // Changes: 1 the tap, 2 the MAC, 3 and 4 the redirects: the second redirect fails.
+    let fake = Arc::new(Fake {
+        links: pod_links(),
+        fail_at: Some(4),
+        ..Default::default()
+    });
+    let mut net = PodNetwork::prewire_in(Path::new("/ns"), Box::new(fake.clone()), None, GUEST_MAC)
+        .await
+        .unwrap();
+    assert!(net.adopt().await.is_err());
+    {
+        let s = fake.state.lock().unwrap();
+        assert!(
+            s.ingress.is_empty() && s.redirects.is_empty(),
+            "{:?}",
+            s.redirects
+        );
+    }
+    assert!(net.interfaces().is_empty());
+    assert!(net.adopt().await.unwrap(), "the retry joins");
+    assert_eq!(
+        fake.state.lock().unwrap().redirects,
+        vec![(2, 100), (100, 2)]
+    );
+    // The guest could not be configured: undone again, and joined once more on the next try.
+    net.unadopt().await;
+    assert!(fake.state.lock().unwrap().redirects.is_empty());
+    assert!(net.adopt().await.unwrap());
+    net.detach().await.unwrap();
+    assert!(fake.state.lock().unwrap().taps.is_empty());
+}
+
+#[tokio::test]
 async fn a_prewired_nic_with_nothing_added_stays_unplugged() {
     let fake = Arc::new(Fake {
         links: vec![link(1, "lo", &[0; 6])],

@@ -321,7 +321,7 @@ impl Pod {
         }
         match exec {
             ExecId::Init => {
-                // `ctr run --cni` and OCI hooks set the network up between Create and Start.
+                // `ctr run --cni` sets the network up between Create and Start.
                 sb.adopt_network().await?;
                 let r = ag::StartContainerRequest {
                     container_id: id.to_string(),
