@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use carapace_tests::cri::{v1 as cri, Cri, HANDLERS, SUBNET};
+use carapace_tests::cri::{pod_namespaces, pod_security, v1 as cri, Cri, HANDLERS, SUBNET};
 use carapace_tests::lab::wait_for;
 use carapace_tests::lab_test;
 
@@ -64,19 +64,11 @@ lab_test! {
         for handler in HANDLERS {
             let name = format!("ns-{handler}");
             let mut pod = c.pod_config(&name);
-            let linux = pod.linux.as_mut().unwrap();
-            linux.sysctls = HashMap::from([
+            pod.linux.as_mut().unwrap().sysctls = HashMap::from([
                 ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
                 ("net.ipv4.ping_group_range".to_string(), "0 2147483647".to_string()),
             ]);
-            let ns = linux
-                .security_context
-                .as_mut()
-                .unwrap()
-                .namespace_options
-                .as_mut()
-                .unwrap();
-            ns.pid = cri::NamespaceMode::Pod as i32;
+            pod_namespaces(&mut pod).pid = cri::NamespaceMode::Pod as i32;
             let sid = run_pod(&c, handler, &pod);
             let pod_pid = |config: cri::ContainerConfig| {
                 with_security(config, |s| {
@@ -134,8 +126,7 @@ lab_test! {
             let name = format!("sec-{handler}");
             let mut pod = c.pod_config(&name);
             // A pod must be privileged for a privileged container in it.
-            let sandbox = pod.linux.as_mut().unwrap().security_context.as_mut().unwrap();
-            sandbox.privileged = true;
+            pod_security(&mut pod).privileged = true;
             let sid = run_pod(&c, handler, &pod);
 
             // A user, groups, RuntimeDefault seccomp, no_new_privs, read-only rootfs.
@@ -376,16 +367,7 @@ lab_test! {
                 // A kubelet leaves a host-network pod's hostname to the node's.
                 pod.hostname.clear();
             }
-            let ns = pod
-                .linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap()
-                .namespace_options
-                .as_mut()
-                .unwrap();
+            let ns = pod_namespaces(&mut pod);
             match mode {
                 "network" => ns.network = cri::NamespaceMode::Node as i32,
                 "pid" => ns.pid = cri::NamespaceMode::Node as i32,

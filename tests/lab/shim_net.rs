@@ -87,6 +87,19 @@ impl Drop for PodNetns {
     }
 }
 
+/// Answers one HTTP request on `listener` with `hello-from-host` on a thread; the thread
+/// returns the client's address.
+fn answer_one_request(listener: TcpListener) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nhello-from-host\n")
+            .unwrap();
+        peer.ip().to_string()
+    })
+}
+
 fn run_in(c: &Containerd, netns: &str, id: &str, script: &str) -> Output {
     let ns = format!("network:{netns}");
     c.ctr_output([
@@ -108,14 +121,7 @@ lab_test! {
     fn a_container_in_a_microvm_reaches_the_host_through_the_pods_veth() {
         let _ns = PodNetns::new();
         // A listener on the host side of the veth answering one HTTP request.
-        let listener = TcpListener::bind((HOST_IP, 8123)).expect("bind the host listener");
-        let server = std::thread::spawn(move || {
-            let (mut s, peer) = listener.accept().expect("accept");
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nhello-from-host\n").unwrap();
-            peer.ip().to_string()
-        });
+        let server = answer_one_request(TcpListener::bind((HOST_IP, 8123)).expect("bind the host listener"));
 
         let c = Carapace::start();
         c.import(&busybox_image());
@@ -217,14 +223,7 @@ lab_test! {
         c.import(&busybox_image());
         for (runtime, id) in [("io.containerd.runc.v2", "cni-runc"), (RUNTIME, "cni-carapace")] {
             // The bridge's gateway address exists once CNI made the bridge: listen on all.
-            let listener = TcpListener::bind(("0.0.0.0", 8124)).expect("bind the host listener");
-            let server = std::thread::spawn(move || {
-                let (mut s, peer) = listener.accept().expect("accept");
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nhello-from-host\n").unwrap();
-                peer.ip().to_string()
-            });
+            let server = answer_one_request(TcpListener::bind(("0.0.0.0", 8124)).expect("bind the host listener"));
             let script = format!(
                 "ip -o -4 addr show dev eth0; ip route; \
                  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 {CNI_GATEWAY} 8124"

@@ -210,12 +210,7 @@ impl Cri {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: String::new(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Pod as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -252,12 +247,7 @@ impl Cri {
             log_path: format!("{name}.log"),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Pod as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(kubelet_namespaces()),
                     masked_paths: MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
                     readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
                     ..Default::default()
@@ -380,6 +370,32 @@ impl Cri {
             (s.state == cri::ContainerState::ContainerExited as i32).then_some(s.exit_code)
         })
     }
+}
+
+/// The namespaces a kubelet asks for by default, for a pod and each of its containers: the
+/// pod's network and IPC, a PID namespace of the container's own.
+fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// The security context of a pod's configuration (every [`Cri::pod_config`] has one).
+pub fn pod_security(pod: &mut cri::PodSandboxConfig) -> &mut cri::LinuxSandboxSecurityContext {
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The namespace options of a pod's configuration.
+pub fn pod_namespaces(pod: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
+    pod_security(pod)
+        .namespace_options
+        .get_or_insert_with(Default::default)
 }
 
 /// An image reference as the CRI takes it.
