@@ -56,7 +56,9 @@ pub const WEDGED: i32 = 125;
 /// How long one lab test may run (`CARAPACE_LAB_TEST_LIMIT` seconds to change it). Every wait
 /// of a test has its own, shorter, timeout; this bounds the waits that have none (a child
 /// that will not be reaped, say), so that a wedged test cannot use up the whole lab session.
-pub const TEST_LIMIT: Duration = Duration::from_secs(900);
+/// The longest test took 80 s on a quiet machine (session 12) and about twice that on a slow
+/// day: 420 s leaves room for a slower one.
+pub const TEST_LIMIT: Duration = Duration::from_secs(420);
 
 /// Ends the test binary with [`WEDGED`] after printing `why` and what [`crate::diagnose::lab`]
 /// finds.
@@ -72,10 +74,23 @@ pub fn wedged(why: &str) -> ! {
 }
 
 /// Watches one lab test: past its limit it declares the lab [`wedged`]. Dropping it (the test
-/// ended, passed or not) stops the watch.
+/// ended, passed or not) stops the watch and prints how long the test took, so a slow lab run
+/// shows where its time went.
 pub struct Watchdog {
     /// Dropped with the watchdog, which ends the watch (the thread's receive disconnects).
     _stop: std::sync::mpsc::Sender<()>,
+    name: String,
+    started: Instant,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        eprintln!(
+            "lab: {} took {:.1} s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
 }
 
 impl Watchdog {
@@ -86,6 +101,7 @@ impl Watchdog {
             .and_then(|v| v.parse().ok())
             .map_or(TEST_LIMIT, Duration::from_secs);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let watched = name.to_string();
         let name = name.to_string();
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limit) {
@@ -95,7 +111,11 @@ impl Watchdog {
                 ));
             }
         });
-        Watchdog { _stop: stop }
+        Watchdog {
+            _stop: stop,
+            name: watched,
+            started: Instant::now(),
+        }
     }
 }
 
