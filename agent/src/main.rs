@@ -11,6 +11,7 @@
 
 mod cgroup;
 mod container;
+mod forward;
 mod init;
 mod initramfs;
 mod network;
@@ -153,6 +154,13 @@ fn run(o: Options, is_init: bool, started: u64) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", o.listen))?
             .register_service(services);
         server.start().await.context("starting the ttrpc server")?;
+        if is_init {
+            tokio::spawn(async {
+                if let Err(e) = forward::serve().await {
+                    tracing::error!("port forward: cannot listen: {e}");
+                }
+            });
+        }
         // The figure "agent start to serving": from exec (as PID 1: the kernel starting /init).
         let ready_ms = monotonic_ns().saturating_sub(started) as f64 / 1e6;
         tracing::info!(

@@ -32,7 +32,7 @@ pub fn ctx_timeout(d: Duration) -> ttrpc::context::Context {
 /// directory may belong to the VMM (`vmm_user`), which could leave a link there to another
 /// daemon's socket: only a socket itself is connected to. (This narrows the window, it does
 /// not close it: connect(2) follows a link swapped in after the check, and no flag stops it.)
-async fn open_stream(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
+pub async fn open_stream(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
     use std::os::unix::fs::FileTypeExt;
     if !std::fs::symlink_metadata(socket)?.file_type().is_socket() {
         return Err(std::io::Error::other(format!(

@@ -161,6 +161,15 @@ pub enum NetworkError {
         /// The kernel's (or rtnetlink's) words.
         message: String,
     },
+    /// Port forwarding could not be set up in the namespace.
+    #[error("setting up port forwarding in {path}")]
+    Forward {
+        /// The namespace.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The agent refused the guest's configuration.
     #[error("configuring the guest's network")]
     Agent(#[source] Box<ShimError>),

@@ -136,7 +136,18 @@ pub struct Sandbox {
     network: tokio::sync::Mutex<Option<PodNetwork>>,
     /// The pod's host cgroup the VMM runs in, if the spec named one.
     cgroup: Option<PodCgroup>,
+    /// The task carrying CRI port forwarding into the guest ([`network::forward`]), for a
+    /// pod with a network.
+    forward: Option<tokio::task::JoinHandle<()>>,
     stopping: AtomicBool,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(f) = &self.forward {
+            f.abort();
+        }
+    }
 }
 
 /// What the first container brings to the boot (the block-copy stop-gap needs its rootfs).
@@ -376,6 +387,25 @@ impl Sandbox {
                 return Err(e.into());
             }
         }
+        // A pod runs without port forwarding rather than not at all (a host without iptables).
+        let forward = match network.as_ref() {
+            Some(n) => match n.forward_listener().await {
+                Ok(l) => {
+                    network::forward::spawn(l, vm_dir(sid).join("vsock.sock"), sid.to_string())
+                        .map_err(|e| log::warn!("pod {sid}: port forwarding unavailable: {e}"))
+                        .ok()
+                }
+                Err(e) => {
+                    let why = std::error::Error::source(&e).map(|s| format!(": {s}"));
+                    log::warn!(
+                        "pod {sid}: port forwarding unavailable: {e}{}",
+                        why.unwrap_or_default()
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         Ok(Self {
             id: sid.clone(),
             dir,
@@ -384,6 +414,7 @@ impl Sandbox {
             agent,
             network: tokio::sync::Mutex::new(None),
             cgroup: None,
+            forward,
             stopping: AtomicBool::new(false),
         })
     }
@@ -431,6 +462,9 @@ impl Sandbox {
             return Ok(());
         }
         log::info!("pod {}: tearing down", self.id);
+        if let Some(f) = &self.forward {
+            f.abort();
+        }
         if !self.vmm.exited() {
             let r = self
                 .agent

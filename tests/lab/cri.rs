@@ -265,6 +265,27 @@ lab_test! {
                 .containers;
             assert!(left.iter().all(|k| k.id != sleeper), "{handler}: removed: {left:?}");
 
+            // Exec with a terminal and stdin over CRI streaming (kubectl exec -it): the shell
+            // sees a terminal, runs what it is sent and its exit status comes back.
+            let shell = start(&c, &sid, &pod, c.container_config("shell", &["sleep", "3600"]));
+            let (out, status) = c
+                .exec_tty(
+                    &shell,
+                    &["sh"],
+                    b"[ -t 0 ] && echo tty-$((40+2)); exit 3\n",
+                    Duration::from_secs(60),
+                )
+                .unwrap_or_else(|e| panic!("{handler}: Exec with a tty: {e}\n{}", c.log()));
+            assert!(out.contains("tty-42"), "{handler}: the exec's terminal: {out:?}");
+            assert!(
+                status.contains("NonZeroExitCode") && status.contains("\"3\""),
+                "{handler}: the exec's status: {status:?} (terminal: {out:?})"
+            );
+            c.stop_container(&shell, 0)
+                .unwrap_or_else(|e| panic!("{handler}: StopContainer: {e}"));
+            c.remove_container(&shell)
+                .unwrap_or_else(|e| panic!("{handler}: RemoveContainer: {e}"));
+
             // A process that handles SIGTERM exits with its own status.
             let trapper = start(
                 &c,
@@ -329,7 +350,7 @@ fn http_get(addr: &str) -> std::io::Result<String> {
 }
 
 lab_test! {
-    fn cri_a_pods_http_server_is_reached_through_its_port_mapping_and_host_namespaces_are_refused() {
+    fn cri_a_pods_http_server_is_reached_through_its_port_mapping_and_port_forward_and_host_namespaces_are_refused() {
         let c = Cri::start();
         let gateway = SUBNET.replace(".0/24", ".1");
         for (i, handler) in HANDLERS.iter().enumerate() {
@@ -357,6 +378,14 @@ lab_test! {
                 });
                 assert!(got.is_some(), "{handler}: GET http://{addr}/: {:?}\n{}", http_get(&addr), c.log());
             }
+            // CRI PortForward (kubectl port-forward): containerd dials 127.0.0.1:80 in the
+            // pod's network namespace on the host, which for carapace is carried into the VM.
+            let forwarded = c.port_forward(&sid, 80, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(30));
+            assert!(
+                forwarded.as_ref().is_ok_and(|r| r.contains(&want)),
+                "{handler}: GET / through PortForward: {forwarded:?}\n{}",
+                c.log()
+            );
             c.remove_pod(&sid);
         }
 

@@ -176,6 +176,92 @@ impl Cri {
         self.rt.block_on(f(client)).map(|r| r.into_inner())
     }
 
+    /// CRI PortForward to `port` of pod `pod`, as kubectl port-forward does it: the URL
+    /// containerd's streaming server hands out, over WebSocket ([`ChannelStream`]; channel 0
+    /// the port's data, 1 its errors; the server first sends the port on both). Sends
+    /// `request` and returns what came back until the stream closed or `timeout` passed.
+    pub fn port_forward(
+        &self,
+        pod: &str,
+        port: u16,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let url = self
+            .call(|mut c| {
+                let request = cri::PortForwardRequest {
+                    pod_sandbox_id: pod.into(),
+                    port: vec![port.into()],
+                };
+                async move { c.port_forward(request).await }
+            })
+            .map_err(|e| format!("PortForward: {e}"))?
+            .url;
+        let mut ws = ChannelStream::open(&format!("{url}?port={port}"))?;
+        let mut data = Vec::new();
+        let (mut sent, mut error_port) = (false, false);
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some((channel, bytes)) = ws.recv(deadline)? {
+            match channel {
+                // The port, first, on both channels; then the data.
+                0 if !sent => {
+                    ws.send(0, request)?;
+                    sent = true;
+                }
+                0 => data.extend_from_slice(&bytes),
+                1 if !error_port => error_port = true,
+                1 => {
+                    return Err(format!(
+                        "the port's error channel: {}",
+                        String::from_utf8_lossy(&bytes)
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(String::from_utf8_lossy(&data).into_owned())
+    }
+
+    /// CRI Exec with a terminal and stdin, as `kubectl exec -it` does it: the URL of
+    /// containerd's streaming server over WebSocket ([`ChannelStream`]: 0 stdin, 1 stdout,
+    /// 3 the exit status). Writes `input` to the process's terminal and returns what the
+    /// terminal printed and the status message until the stream closed or `timeout` passed.
+    pub fn exec_tty(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<(String, String), String> {
+        let request = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        };
+        let url = self
+            .call(|mut c| async move { c.exec(request).await })
+            .map_err(|e| format!("Exec: {e}"))?
+            .url;
+        let mut ws = ChannelStream::open(&url)?;
+        ws.send(0, input)?;
+        let (mut out, mut status) = (Vec::new(), Vec::new());
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some((channel, bytes)) = ws.recv(deadline)? {
+            match channel {
+                1 | 2 => out.extend_from_slice(&bytes),
+                3 => status.extend_from_slice(&bytes),
+                _ => {}
+            }
+        }
+        Ok((
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&status).into_owned(),
+        ))
+    }
+
     /// Whether the CRI's image service knows `image`.
     pub fn image_present(&self, image: &str) -> bool {
         let mut client = ImageServiceClient::new(self.channel.clone());
@@ -412,5 +498,80 @@ impl Deref for Cri {
 
     fn deref(&self) -> &Carapace {
         &self.carapace
+    }
+}
+
+/// A WebSocket to containerd's streaming server (the Kubernetes streaming library's), with
+/// Kubernetes' channel protocol `v4.channel.k8s.io`: each binary message is a channel byte
+/// followed by that channel's data.
+pub struct ChannelStream {
+    ws: tungstenite::WebSocket<std::net::TcpStream>,
+}
+
+impl ChannelStream {
+    /// Opens the stream at the `http://` URL a CRI Exec, Attach or PortForward answered.
+    pub fn open(url: &str) -> Result<Self, String> {
+        use tungstenite::client::IntoClientRequest;
+        let ws_url = url.replacen("http://", "ws://", 1);
+        let mut req = ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("{ws_url}: {e}"))?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "v4.channel.k8s.io".parse().expect("a header value"),
+        );
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let tcp =
+            std::net::TcpStream::connect(&authority).map_err(|e| format!("{authority}: {e}"))?;
+        // Reads wake up to check the caller's deadline.
+        tcp.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let (ws, _) =
+            tungstenite::client(req, tcp).map_err(|e| format!("WebSocket to {ws_url}: {e}"))?;
+        Ok(Self { ws })
+    }
+
+    /// Sends `data` on `channel`.
+    pub fn send(&mut self, channel: u8, data: &[u8]) -> Result<(), String> {
+        let mut message = vec![channel];
+        message.extend_from_slice(data);
+        self.ws
+            .send(tungstenite::Message::Binary(message))
+            .map_err(|e| format!("sending on channel {channel}: {e}"))
+    }
+
+    /// The next message as its channel and data; `None` once the stream closed or
+    /// `deadline` passed.
+    pub fn recv(&mut self, deadline: std::time::Instant) -> Result<Option<(u8, Vec<u8>)>, String> {
+        use tungstenite::{Error, Message};
+        while std::time::Instant::now() < deadline {
+            let message = match self.ws.read() {
+                Ok(m) => m,
+                Err(Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(Error::ConnectionClosed | Error::AlreadyClosed) => return Ok(None),
+                Err(e) => return Err(format!("reading the stream: {e}")),
+            };
+            match message {
+                Message::Binary(b) => {
+                    if let Some((&channel, data)) = b.split_first() {
+                        return Ok(Some((channel, data.to_vec())));
+                    }
+                }
+                Message::Close(_) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 }

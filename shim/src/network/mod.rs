@@ -43,6 +43,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use crate::agent::ctx_timeout;
 use crate::error::{NetworkError, ShimError};
 
+pub mod forward;
 mod netlink;
 pub use netlink::{new_namespace, Netlink};
 
@@ -74,6 +75,9 @@ pub trait Netns: Send + Sync {
     async fn redirect(&self, from: u32, to: u32) -> Result<()>;
     /// Removes the ingress qdisc of a link, and so its filters; none there is fine.
     async fn remove_ingress(&self, index: u32) -> Result<()>;
+    /// Listens on the namespace's loopback for port forwarding and redirects the namespace's
+    /// other local TCP connections to it ([`forward::listen_and_redirect`]).
+    async fn forward_listener(&self) -> Result<std::net::TcpListener>;
 }
 
 /// The network namespace path of a spec, if it names one (the CRI's pod netns, `ctr run
@@ -387,6 +391,12 @@ impl PodNetwork {
             tap_redirect: false,
         });
         Ok(net)
+    }
+
+    /// The listener that carries CRI port forwarding into the guest
+    /// ([`forward::listen_and_redirect`]).
+    pub async fn forward_listener(&self) -> Result<std::net::TcpListener> {
+        self.ns.forward_listener().await
     }
 
     /// The namespace's descriptor when the shim made it, for the VMM to join.

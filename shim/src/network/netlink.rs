@@ -268,6 +268,15 @@ impl Netns for Netlink {
             .map_err(nl(what()))
     }
 
+    async fn forward_listener(&self) -> Result<std::net::TcpListener> {
+        in_netns(&self.ns, super::forward::listen_and_redirect)
+            .await
+            .map_err(|source| NetworkError::Forward {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     async fn remove_ingress(&self, index: u32) -> Result<()> {
         let Ok(index_i32) = i32::try_from(index) else {
             return Ok(());

@@ -137,6 +137,10 @@ impl Netns for std::sync::Arc<Fake> {
         s.redirects.retain(|(f, _)| *f != index);
         Ok(())
     }
+
+    async fn forward_listener(&self) -> Result<std::net::TcpListener> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    }
 }
 
 fn pod_links() -> Vec<Link> {
