@@ -329,6 +329,26 @@ lab_test! {
             let mem = stats.memory.and_then(|m| m.working_set_bytes).map_or(0, |v| v.value);
             assert!(cpu > 0 && mem > 0, "{handler}: stats cpu {cpu} ns, memory {mem} B");
 
+            // PodSandboxStats: the pod's own figures (its cgroup parent's: for carapace, the
+            // VM's), with its running container's among them.
+            let pod_stats = c
+                .call(|mut r| {
+                    let pod_sandbox_id = sid.clone();
+                    async move { r.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id }).await }
+                })
+                .unwrap_or_else(|e| panic!("{handler}: PodSandboxStats: {e}\n{}", c.log()))
+                .stats
+                .and_then(|s| s.linux)
+                .unwrap_or_else(|| panic!("{handler}: PodSandboxStats without Linux figures"));
+            assert!(
+                pod_stats.containers.iter().any(|k| k.attributes.as_ref().is_some_and(|a| a.id == trapper)),
+                "{handler}: PodSandboxStats lists the container: {pod_stats:?}"
+            );
+            let pod_cpu = pod_stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
+            let pod_mem = pod_stats.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value);
+            println!("lab figure: {handler}: PodSandboxStats cpu {pod_cpu} ns, memory working set {pod_mem} B");
+            assert!(pod_cpu > 0 && pod_mem > 0, "{handler}: PodSandboxStats figures: {pod_stats:?}");
+
             c.stop_container(&trapper, 30).unwrap();
             assert_eq!(c.wait_exit(&trapper, Duration::from_secs(5)), Some(7), "{handler}");
             assert!(logged("got-term", &log).is_some(), "{handler}: the trap ran");

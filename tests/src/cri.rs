@@ -30,6 +30,9 @@ pub const BRIDGE: &str = "cri-test0";
 /// The subnet pods get their addresses from; the bridge (the pods' gateway) has `.1`.
 pub const SUBNET: &str = "10.99.0.0/24";
 
+/// The cgroup the test pods' parent cgroups are made under (a kubelet's `/kubepods`).
+pub const CGROUP_PARENTS: &str = "/kubepods";
+
 /// The paths a kubelet masks in a container (Kubernetes' default proc mount).
 pub const MASKED_PATHS: [&str; 10] = [
     "/proc/asound",
@@ -294,7 +297,8 @@ impl Cri {
             hostname: name.into(),
             log_directory: logs.to_string_lossy().into_owned(),
             linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: String::new(),
+                // As a kubelet with the cgroupfs driver names it; emptied by `remove_pod`.
+                cgroup_parent: format!("{CGROUP_PARENTS}/pod-uid-{name}"),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
@@ -433,6 +437,14 @@ impl Cri {
         };
         self.call(|mut r| async move { r.remove_pod_sandbox(remove).await })
             .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}\n{}", self.log()));
+        // The pods' parent cgroups, which a kubelet would remove (runc leaves them).
+        let parents = Path::new("/sys/fs/cgroup").join(CGROUP_PARENTS.trim_start_matches('/'));
+        if let Ok(entries) = std::fs::read_dir(&parents) {
+            for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&parents);
     }
 
     /// The pod's IPv4 address on the CNI network.
