@@ -11,6 +11,7 @@ mod convert;
 mod error;
 mod events;
 mod exec_id;
+mod hooks;
 mod hostfs;
 mod limits;
 mod mounts;

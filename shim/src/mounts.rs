@@ -10,17 +10,18 @@ use crate::error::{Result, ShimError};
 use crate::hostfs::{self, BindFlags, Dir};
 
 /// Mounts containerd's rootfs `mounts` (in order) on `rel` beneath the pod's private tree
-/// `mnt`, each with nosuid and nodev added; with none, bind-mounts the bundle's own `rootfs`
-/// directory. Returns the rootfs's host path.
+/// `mnt`, each with nosuid and nodev added; with none, bind-mounts `root_dir`, the directory
+/// the spec's `root.path` names ([`crate::spec::host_root_dir`]). Returns the rootfs's host
+/// path.
 pub async fn mount_rootfs(
     mounts: &[Mount],
-    bundle: &Path,
+    root_dir: &Path,
     mnt: &Dir,
     rel: &Path,
 ) -> Result<PathBuf> {
     let path = mnt.path().join(rel);
     if mounts.is_empty() {
-        hostfs::bind(mnt, &bundle.join("rootfs"), rel, BindFlags::default())?;
+        hostfs::bind(mnt, root_dir, rel, BindFlags::default())?;
         return Ok(path);
     }
     let target = mnt.mkdir_all(rel, 0o755)?;

@@ -157,6 +157,19 @@ fn shareable(typ: oci_spec::runtime::LinuxNamespaceType) -> Option<&'static str>
     }
 }
 
+/// The host directory the spec's `root.path` names, for a container whose rootfs containerd
+/// hands over as a directory rather than as mounts (`ctr run --config`, a bundle made by
+/// hand): relative to the bundle (`rootfs` when unset), or absolute, as runc takes it.
+pub fn host_root_dir(spec: &Spec, bundle: &Path) -> PathBuf {
+    let path = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("rootfs"));
+    bundle.join(path)
+}
+
 /// Rewrites `spec` for the guest and lists the host paths to bind into the share. With
 /// `binds_allowed` false (no share to carry them), a host bind mount is refused.
 pub fn for_guest(
@@ -258,6 +271,21 @@ mod tests {
     use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder};
 
     use super::*;
+
+    #[test]
+    fn the_root_dir_is_the_specs_root_path_relative_to_the_bundle_or_absolute() {
+        let bundle = Path::new("/run/containerd/b1");
+        let mut spec = Spec::default();
+        spec.set_root(None);
+        assert_eq!(host_root_dir(&spec, bundle), bundle.join("rootfs"));
+        let mut root = oci_spec::runtime::Root::default();
+        root.set_path(PathBuf::from("fs"));
+        spec.set_root(Some(root.clone()));
+        assert_eq!(host_root_dir(&spec, bundle), bundle.join("fs"));
+        root.set_path(PathBuf::from("/srv/rootfs"));
+        spec.set_root(Some(root));
+        assert_eq!(host_root_dir(&spec, bundle), Path::new("/srv/rootfs"));
+    }
 
     #[test]
     fn pod_from_annotations() {

@@ -114,7 +114,8 @@ impl Host for System {
         // the read-only export of it); no path under it is followed through a link.
         let mnt = hostfs::Dir::open(&sandbox::mnt_dir(sid))?;
         let rootfs_rel = spec::container_dir(id).join("rootfs");
-        let host_rootfs = mounts::mount_rootfs(rootfs, bundle, &mnt, &rootfs_rel).await?;
+        let root_dir = spec::host_root_dir(oci, bundle);
+        let host_rootfs = mounts::mount_rootfs(rootfs, &root_dir, &mnt, &rootfs_rel).await?;
         let binds = spec::for_guest(oci, id, share == Share::Virtiofs)?;
         for b in &binds {
             hostfs::bind(&mnt, &b.source, &b.share_path, b.flags)?;

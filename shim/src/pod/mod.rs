@@ -28,6 +28,7 @@ use crate::config::{Config, Share};
 use crate::convert::Exit;
 use crate::error::{Result, ShimError};
 use crate::exec_id::ExecId;
+use crate::hooks::HostHooks;
 use crate::output::{Destination, Outputs};
 use crate::process::Proc;
 use crate::sandbox::FirstContainer;
@@ -43,6 +44,8 @@ const RPC: Duration = Duration::from_secs(30);
 /// One container of the pod.
 struct Container {
     bundle: String,
+    /// Its host-side OCI hooks (poststart and poststop are still to run).
+    hooks: HostHooks,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
 }
@@ -157,6 +160,7 @@ impl Pod {
         // Before anything is made for the pod: a refusal leaves nothing to undo.
         let pod_pid = state.sandbox.as_ref().map(|_| state.pid());
         spec::refuse_host_namespaces(&oci)?;
+        let hooks = crate::hooks::take(&mut oci)?;
         let shared_namespaces = spec::pod_namespaces(&oci, pod_pid)?;
         let booting = match &state.sandbox {
             Some(s) if *s.id() != sid => {
@@ -185,6 +189,7 @@ impl Pod {
         let hostname = oci.hostname().clone().filter(|h| !h.is_empty());
         let resolv_conf = crate::network::resolv_conf_source(&oci);
         let cgroup = oci.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let mut hooks_ran = false;
         let result: Result<Arc<Proc>> = async {
             let size = sizing::vm_size(&self.config, &oci)?;
             let limits = crate::limits::device_limits(&self.config, &oci)?;
@@ -212,6 +217,9 @@ impl Pod {
                     s
                 }
             };
+            // prestart and createRuntime, on the host, the VM up (its pid is the task's).
+            hooks_ran = !hooks.is_empty();
+            hooks.create(id, sb.pid(), &req.bundle).await?;
             let spec_json = serde_json::to_vec(&oci)
                 .map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;
             let creq = ag::CreateContainerRequest {
@@ -249,6 +257,9 @@ impl Pod {
         let proc = match result {
             Ok(p) => p,
             Err(e) => {
+                if hooks_ran {
+                    hooks.poststop(id, state.pid(), &req.bundle).await;
+                }
                 if let Some(s) = booted {
                     log::warn!(
                         "create of {id} failed; guest console:\n{}",
@@ -275,6 +286,7 @@ impl Pod {
             id.to_string(),
             Container {
                 bundle: req.bundle.clone(),
+                hooks,
                 init: proc,
                 execs: HashMap::new(),
             },
@@ -306,9 +318,11 @@ impl Pod {
 
     /// Starts a created process: the container's own, or an exec.
     pub async fn start(&self, id: &str, exec: &ExecId) -> Result<StartResponse> {
-        let (proc, sb) = {
+        let (proc, sb, hooks, bundle) = {
             let state = self.state.lock().await;
-            (state.process(id, exec)?, state.sandbox()?)
+            let c = state.container(id)?;
+            let (hooks, bundle) = (c.hooks.clone(), c.bundle.clone());
+            (state.process(id, exec)?, state.sandbox()?, hooks, bundle)
         };
         let pid = sb.pid();
         let agent = sb.agent();
@@ -342,6 +356,7 @@ impl Pod {
                         }),
                     )
                     .await;
+                hooks.poststart(id, pid, &bundle).await;
             }
             ExecId::Exec(exec_id) => {
                 let r = ag::ExecProcessRequest {
@@ -454,10 +469,15 @@ impl Pod {
                 }),
             )
             .await;
-        if state.containers.is_empty() {
+        let torn_down = if state.containers.is_empty() {
             state.sandbox = None;
-            sb.teardown().await?;
-        }
+            sb.teardown().await
+        } else {
+            Ok(())
+        };
+        // After the container is gone (and with the pod's last, the VM), as runc runs it.
+        c.hooks.poststop(id, pid, &c.bundle).await;
+        torn_down?;
         cleaned?;
         Ok(DeleteResponse {
             pid,
