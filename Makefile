@@ -90,6 +90,10 @@ CRI_RUNS ?= 10
 bench-cri: deps kernels images
 	$(CARGO) build --locked --release -j$(JOBS) -p carapace-vmm -p carapace-shim
 	CARAPACE_VMM=$(CURDIR)/target/release/carapace-vmm CARAPACE_CRI_RUNS=$(CRI_RUNS) \
+	CARAPACE_GUEST_KERNEL=$$(guest-kernel/build | tail -n1) \
+	CARAPACE_LAB_KERNEL=$$(guest-kernel/build --name lab --fragment tests/lab/lab.config | tail -n1) \
+	CARAPACE_INITRAMFS=$$(images/build-initramfs | tail -n1) \
+	CARAPACE_BUSYBOX_IMAGE=$$(images/build-busybox-image | tail -n1) \
 	$(CARGO) bench --locked -j$(JOBS) -p carapace-tests --bench cri
 
 # Every fuzz target (vmm/fuzz, agent/fuzz) under libFuzzer, one after the other, FUZZ_RUNS
