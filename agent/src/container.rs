@@ -181,37 +181,65 @@ impl Containers {
                 rootfs.display()
             )));
         }
-        for name in spec::pod_memory_volumes(&spec)? {
-            crate::sandbox::mount_pod_memory(&name)?;
+        // Pod-memory volumes, and the binds of subpaths inside them (undone with the
+        // container, or below if the create fails).
+        let subpaths = self.subpaths_dir(id);
+        let pod_memory = (|| -> Result<()> {
+            for m in spec::pod_memory_mounts(&spec)? {
+                crate::sandbox::mount_pod_memory(&m.name)?;
+                if let Some(sub) = &m.subpath {
+                    let target = subpaths.join(m.index.to_string());
+                    crate::sandbox::bind_pod_memory_subpath(&m.name, sub, &target)?;
+                    if let Some(mount) = spec.mounts_mut().as_mut().and_then(|v| v.get_mut(m.index))
+                    {
+                        mount.set_source(Some(target));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = pod_memory {
+            crate::sandbox::unbind_pod_memory_subpaths(&subpaths);
+            return Err(e);
         }
-        let net_sysctls = spec::take_net_sysctls(&mut spec)?;
-        let cgroup_path = format!("{}/{id}", self.layout.cgroup_parent.trim_end_matches('/'));
-        let sandbox = self
-            .sandbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        spec::adapt(
-            &mut spec,
-            &Placement {
-                rootfs: &rootfs,
-                cgroup_path: cgroup_path.clone(),
-                sandbox: &sandbox,
-            },
-        )?;
-        // Once the spec is accepted; pod-wide and not undone (as a pod's sysctls in its
-        // network namespace under runc).
-        spec::set_net_sysctls(&net_sysctls)?;
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let prepared = (|| -> Result<_> {
+            let net_sysctls = spec::take_net_sysctls(&mut spec)?;
+            let cgroup_path = format!("{}/{id}", self.layout.cgroup_parent.trim_end_matches('/'));
+            let sandbox = self
+                .sandbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            spec::adapt(
+                &mut spec,
+                &Placement {
+                    rootfs: &rootfs,
+                    cgroup_path: cgroup_path.clone(),
+                    sandbox: &sandbox,
+                },
+            )?;
+            // Once the spec is accepted; pod-wide and not undone (as a pod's sysctls in its
+            // network namespace under runc).
+            spec::set_net_sysctls(&net_sysctls)?;
+            let terminal = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false);
+            let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+            Ok((cgroup_path, terminal, seccomp))
+        })();
+        if prepared.is_err() {
+            crate::sandbox::unbind_pod_memory_subpaths(&subpaths);
+        }
+        let (cgroup_path, terminal, seccomp) = prepared?;
 
         let bundle = self.layout.state_dir.join("bundles").join(id);
         let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(&bundle).map_err(|e| AgentError::io("creating the bundle", e))?;
+        if let Err(e) = std::fs::create_dir_all(&bundle) {
+            crate::sandbox::unbind_pod_memory_subpaths(&subpaths);
+            return Err(AgentError::io("creating the bundle", e));
+        }
         let result = (|| {
             spec.save(bundle.join("config.json"))
                 .map_err(|e| AgentError::Internal(format!("writing config.json: {e}")))?;
@@ -266,6 +294,13 @@ impl Containers {
             let _ = std::fs::remove_dir_all(&dir);
         }
         let _ = std::fs::remove_dir_all(bundle);
+        crate::sandbox::unbind_pod_memory_subpaths(&self.subpaths_dir(id));
+    }
+
+    /// Where container `id`'s binds of pod-memory subpaths are mounted (the agent's own, in
+    /// no container's view).
+    fn subpaths_dir(&self, id: &str) -> PathBuf {
+        self.layout.state_dir.join("subpaths").join(id)
     }
 
     /// `builder` with the process's stdio: a console socket libcontainer sends the pty
@@ -530,6 +565,7 @@ impl Containers {
         let result = c.lc.delete(true);
         let _ = std::fs::remove_dir_all(&c.bundle);
         let _ = std::fs::remove_dir_all(self.lc_root().join(id));
+        crate::sandbox::unbind_pod_memory_subpaths(&self.subpaths_dir(id));
         result?;
         tracing::info!(id, "container removed");
         Ok(())

@@ -147,6 +147,67 @@ pub fn mount_pod_memory(name: &str) -> Result<()> {
     .map_err(|e| AgentError::sys("mounting a pod-memory tmpfs", e))
 }
 
+/// Binds directory `subpath` of the pod-memory volume `name` (mounted already) on `target`, a
+/// directory of the agent's own that it makes: a kubelet subPath of a memory emptyDir. The
+/// directories are made where missing (0755, as the kubelet makes them), every component
+/// walked by descriptor without following a link, and the bind made from the last one: a
+/// container of the pod that planted a link in the shared tmpfs cannot point the bind at
+/// anything outside the volume.
+pub fn bind_pod_memory_subpath(name: &str, subpath: &Path, target: &Path) -> Result<()> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    use std::os::fd::AsRawFd;
+    use std::path::Component;
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    let volume = Path::new(carapace_protocol::POD_MEMORY_DIR).join(name);
+    let mut dir = nix::fcntl::open(&volume, flags, Mode::empty())
+        .map_err(|e| AgentError::sys("opening a pod-memory volume", e))?;
+    for c in subpath.components() {
+        let Component::Normal(c) = c else {
+            return Err(AgentError::InvalidArgument(format!(
+                "the subpath {} of pod-memory volume {name} is not plain",
+                subpath.display()
+            )));
+        };
+        match mkdirat(&dir, c, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(AgentError::sys("making a subpath directory", e)),
+        }
+        dir = openat(&dir, c, flags, Mode::empty()).map_err(|e| {
+            AgentError::InvalidArgument(format!(
+                "the subpath {} of pod-memory volume {name} is not a directory there: {e}",
+                subpath.display()
+            ))
+        })?;
+    }
+    std::fs::create_dir_all(target)
+        .map_err(|e| AgentError::io("creating a subpath mount point", e))?;
+    nix::mount::mount(
+        Some(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd()))),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| AgentError::sys("binding a pod-memory subpath", e))
+}
+
+/// Undoes [`bind_pod_memory_subpath`] for every mount point in `dir` and removes them (only
+/// ever `rmdir`: a bind still there is never descended into).
+pub fn unbind_pod_memory_subpaths(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(err) = std::fs::remove_dir(&path) {
+            tracing::warn!("removing subpath mount point {}: {err}", path.display());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// The guest's kernel, memory and vCPUs.
 pub fn guest_details() -> GuestDetails {
     let mut d = GuestDetails::new();

@@ -217,29 +217,64 @@ pub fn set_net_sysctls(sysctls: &[(PathBuf, String)]) -> Result<()> {
     Ok(())
 }
 
-/// The pod-memory volumes (see [`carapace_protocol::POD_MEMORY_DIR`]) the spec's mounts bind,
-/// by name; a source under that directory that is not one well-formed name is refused.
-pub fn pod_memory_volumes(spec: &Spec) -> Result<Vec<String>> {
+/// A spec mount whose source is a pod-memory volume (see
+/// [`carapace_protocol::POD_MEMORY_DIR`]), or a directory inside one: a kubelet subPath of a
+/// memory emptyDir, `POD_MEMORY_DIR/<name>/<subpath>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMemoryMount {
+    /// The mount's index in the spec.
+    pub index: usize,
+    /// The volume's name.
+    pub name: String,
+    /// The directory inside it, if any: plain components only.
+    pub subpath: Option<PathBuf>,
+}
+
+/// The spec's mounts of pod-memory volumes; a source under that directory that is not one
+/// well-formed name, optionally followed by plain path components, is refused.
+pub fn pod_memory_mounts(spec: &Spec) -> Result<Vec<PodMemoryMount>> {
+    use std::path::Component;
     let dir = Path::new(carapace_protocol::POD_MEMORY_DIR);
-    let mut names = Vec::new();
-    for m in spec.mounts().iter().flatten() {
+    let mut found = Vec::new();
+    for (index, m) in spec.mounts().iter().flatten().enumerate() {
         let Some(rest) = m.source().as_deref().and_then(|s| s.strip_prefix(dir).ok()) else {
             continue;
         };
-        let name = rest
-            .to_str()
-            .filter(|n| carapace_protocol::is_pod_memory_name(n));
-        let Some(name) = name else {
-            return Err(AgentError::InvalidArgument(format!(
-                "the mount source {} is not a pod-memory volume",
+        let bad = || {
+            AgentError::InvalidArgument(format!(
+                "the mount source {} is not a pod-memory volume or a directory in one",
                 rest.display()
-            )));
+            ))
         };
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
+        if rest.as_os_str().len() > 4096
+            || rest
+                .to_str()
+                .is_some_and(|r| r.split('/').any(|c| c == "." || c == ".."))
+        {
+            return Err(bad());
         }
+        let mut components = rest.components();
+        let name = match components.next() {
+            Some(Component::Normal(n)) => n
+                .to_str()
+                .filter(|n| carapace_protocol::is_pod_memory_name(n)),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        let mut subpath = PathBuf::new();
+        for c in components {
+            match c {
+                Component::Normal(c) => subpath.push(c),
+                _ => return Err(bad()),
+            }
+        }
+        found.push(PodMemoryMount {
+            index,
+            name: name.to_string(),
+            subpath: (!subpath.as_os_str().is_empty()).then_some(subpath),
+        });
     }
-    Ok(names)
+    Ok(found)
 }
 
 /// The Linux security modules the guest kernel enforces, which decide what of a spec's LSM
@@ -548,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn pod_memory_volumes_are_named_once_and_odd_names_refused() {
+    fn pod_memory_mounts_are_named_with_their_subpaths_and_odd_ones_refused() {
         let with = |sources: &[&str]| {
             let mut spec = minimal();
             let mut mounts = spec.mounts().clone().unwrap_or_default();
@@ -564,21 +599,45 @@ mod tests {
                 );
             }
             spec.set_mounts(Some(mounts));
-            pod_memory_volumes(&spec)
+            pod_memory_mounts(&spec).map(|found| {
+                found
+                    .into_iter()
+                    .map(|m| (m.name, m.subpath.map(|p| p.display().to_string())))
+                    .collect::<Vec<_>>()
+            })
         };
+        let extra = minimal().mounts().as_ref().map_or(0, |m| m.len());
+        let found = with(&[
+            "/run/carapace/pod-memory/shm",
+            "/run/carapace/pod-memory/empty-dir-cache",
+            "/run/carapace/shared/c1/mounts/3",
+            "/run/carapace/pod-memory/empty-dir-cache/a/b",
+        ])
+        .unwrap();
         assert_eq!(
-            with(&[
-                "/run/carapace/pod-memory/shm",
-                "/run/carapace/pod-memory/empty-dir-cache",
-                "/run/carapace/pod-memory/shm",
-                "/run/carapace/shared/c1/mounts/3",
-            ])
-            .unwrap(),
-            vec!["shm".to_string(), "empty-dir-cache".to_string()]
+            found,
+            vec![
+                ("shm".to_string(), None),
+                ("empty-dir-cache".to_string(), None),
+                ("empty-dir-cache".to_string(), Some("a/b".to_string())),
+            ]
         );
+        let mut spec = minimal();
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/sub")
+                .source("/run/carapace/pod-memory/shm/x")
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+        assert_eq!(pod_memory_mounts(&spec).unwrap()[0].index, extra);
         for bad in [
             "/run/carapace/pod-memory/../shared",
-            "/run/carapace/pod-memory/a/b",
+            "/run/carapace/pod-memory/Bad/b",
+            "/run/carapace/pod-memory/empty-dir-cache/../../shared",
+            "/run/carapace/pod-memory/empty-dir-cache/./a",
             "/run/carapace/pod-memory",
         ] {
             assert!(

@@ -843,3 +843,70 @@ async fn an_apparmor_profile_the_guest_cannot_enforce_does_not_stop_a_container(
     assert_eq!(a.wait("c1", "e1").await.exit_status, 0);
     a.kill_and_remove("c1").await;
 }
+
+#[tokio::test]
+async fn a_pod_memory_subpath_is_a_directory_of_its_volume_and_a_planted_link_is_refused() {
+    let Some(a) = Agent::start("subpath").await else {
+        return;
+    };
+    let volume = format!(
+        "{}/empty-dir-subpath-{}",
+        carapace_protocol::POD_MEMORY_DIR,
+        std::process::id()
+    );
+    let bind = |destination: &str, source: String| {
+        oci_spec::runtime::MountBuilder::default()
+            .destination(destination)
+            .typ("bind")
+            .source(source)
+            .options(vec!["rbind".to_string(), "rw".to_string()])
+            .build()
+            .unwrap()
+    };
+    let with_mounts = |mounts: Vec<oci_spec::runtime::Mount>| {
+        move |s: &mut Spec| {
+            let mut all = s.mounts().clone().unwrap_or_default();
+            all.extend(mounts);
+            s.set_mounts(Some(all));
+        }
+    };
+    // The subPath a/b is made in the volume, and is the volume's a/b; a container of the pod
+    // that mounts the whole volume plants a link in it.
+    let spec = a.spec(
+        &[
+            "sh",
+            "-c",
+            "echo in-sub >/sub/f && cat /cache/a/b/f && ln -s /etc /cache/evil",
+        ],
+        with_mounts(vec![
+            bind("/sub", format!("{volume}/a/b")),
+            bind("/cache", volume.clone()),
+        ]),
+    );
+    a.run("c1", spec).await;
+    assert_eq!(a.read_all("c1", "", false).await, "in-sub\n");
+    assert_eq!(a.wait("c1", "").await.exit_status, 0);
+    a.remove("c1").await;
+    // A subPath through that link is refused: the bind never leaves the volume.
+    let planted = "carapace-subpath-test-x";
+    let spec = a.spec(
+        &["true"],
+        with_mounts(vec![bind("/x", format!("{volume}/evil/{planted}"))]),
+    );
+    assert_eq!(code(a.create("c2", spec).await), Code::INVALID_ARGUMENT);
+    assert!(
+        !Path::new("/etc").join(planted).exists(),
+        "nothing made through the link"
+    );
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", a.child.id())).unwrap();
+    assert!(
+        !mountinfo.contains("/subpaths/"),
+        "no subpath bind is left: {mountinfo}"
+    );
+    // A subPath that climbs out of the volume is refused as it is named.
+    let spec = a.spec(
+        &["true"],
+        with_mounts(vec![bind("/x", format!("{volume}/../shm"))]),
+    );
+    assert_eq!(code(a.create("c3", spec).await), Code::INVALID_ARGUMENT);
+}

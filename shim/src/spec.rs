@@ -205,7 +205,12 @@ pub fn for_guest(
             if !is_bind || !source.is_absolute() {
                 continue;
             }
-            if let Some(name) = pod_memory_name(m.destination(), &source, is_tmpfs_on_host) {
+            if let Some(name) = pod_memory_name(
+                m.destination(),
+                &source,
+                is_tmpfs_on_host,
+                mount_root_on_host,
+            ) {
                 m.set_source(Some(Path::new(POD_MEMORY_DIR).join(name)));
                 continue;
             }
@@ -238,15 +243,19 @@ pub fn for_guest(
     Ok(binds)
 }
 
-/// The pod-memory volume (see [`POD_MEMORY_DIR`]) a bind mount to `dest` from host path
-/// `source` stands for: the pod's `/dev/shm` (containerd binds the sandbox's host shm there),
-/// or a kubelet emptyDir of medium Memory (`.../volumes/kubernetes.io~empty-dir/<name>` on a
-/// host tmpfs, as Kata tells them). Anything else stays a host bind.
+/// The pod-memory volume (see [`POD_MEMORY_DIR`]), as a path relative to that directory, a
+/// bind mount to `dest` from host path `source` stands for: the pod's `/dev/shm` (containerd
+/// binds the sandbox's host shm there), a kubelet emptyDir of medium Memory
+/// (`.../volumes/kubernetes.io~empty-dir/<name>` on a host tmpfs, as Kata tells them), or a
+/// subPath of one (`.../volume-subpaths/<name>/<container>/<index>`, the kubelet's bind of a
+/// directory of that tmpfs, which `mount_root` names: the mount's root in its file system).
+/// Anything else stays a host bind.
 pub fn pod_memory_name(
     dest: &Path,
     source: &Path,
     is_tmpfs: impl Fn(&Path) -> bool,
-) -> Option<String> {
+    mount_root: impl Fn(&Path) -> Option<PathBuf>,
+) -> Option<PathBuf> {
     if dest == Path::new("/dev/shm") {
         return Some("shm".into());
     }
@@ -254,8 +263,64 @@ pub fn pod_memory_name(
     let volume = source.file_name()?.to_str()?;
     let empty_dir = parent.file_name()? == "kubernetes.io~empty-dir"
         && parent.parent()?.file_name()? == "volumes";
-    let name = format!("empty-dir-{volume}");
-    (empty_dir && is_pod_memory_name(&name) && is_tmpfs(source)).then_some(name)
+    if empty_dir {
+        let name = format!("empty-dir-{volume}");
+        return (is_pod_memory_name(&name) && is_tmpfs(source)).then(|| name.into());
+    }
+    // .../volume-subpaths/<volume>/<container>/<index>
+    let volume_dir = parent.parent()?;
+    if volume_dir.parent()?.file_name()? != "volume-subpaths" {
+        return None;
+    }
+    let name = format!("empty-dir-{}", volume_dir.file_name()?.to_str()?);
+    if !is_pod_memory_name(&name) || !is_tmpfs(source) {
+        return None;
+    }
+    let root = mount_root(source)?;
+    let sub = root.strip_prefix("/").ok()?;
+    let plain = sub
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    plain.then(|| Path::new(&name).join(sub))
+}
+
+/// The root (in its file system) of the mount at `path`, from the shim's mountinfo: for the
+/// kubelet's bind of a subPath, the directory it binds.
+fn mount_root_on_host(path: &Path) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_root_in(&info, path)
+}
+
+/// [`mount_root_on_host`] over `mountinfo`'s text: the last (topmost) mount at `path`.
+fn mount_root_in(mountinfo: &str, path: &Path) -> Option<PathBuf> {
+    // Fields: id parent major:minor root mount-point ...; spaces and the like octal-escaped.
+    let unescape = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b
+                .get(i + 1..i + 4)
+                .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+            match (b[i], octal) {
+                (b'\\', Some(v)) => {
+                    out.push(v);
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+    };
+    mountinfo.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        (unescape(point) == path).then(|| unescape(root))
+    })
 }
 
 /// Whether `path` is on a tmpfs on the host (an emptyDir of medium Memory is).
@@ -395,9 +460,49 @@ mod tests {
     }
 
     #[test]
+    fn a_subpath_of_a_memory_empty_dir_is_the_directory_its_bind_roots_at() {
+        let sub = Path::new("/var/lib/kubelet/pods/u/volume-subpaths/cache/app/0");
+        let at = |root: &'static str| move |_: &Path| Some(PathBuf::from(root));
+        assert_eq!(
+            pod_memory_name(Path::new("/sub"), sub, |_| true, at("/a/b")),
+            Some(PathBuf::from("empty-dir-cache/a/b"))
+        );
+        assert_eq!(
+            pod_memory_name(Path::new("/sub"), sub, |_| true, at("/")),
+            Some(PathBuf::from("empty-dir-cache"))
+        );
+        // On disk, an unknown root, a root that climbs, another layout: host binds.
+        assert_eq!(
+            pod_memory_name(Path::new("/sub"), sub, |_| false, at("/a")),
+            None
+        );
+        assert_eq!(
+            pod_memory_name(Path::new("/sub"), sub, |_| true, |_| None),
+            None
+        );
+        assert_eq!(
+            pod_memory_name(Path::new("/sub"), sub, |_| true, at("/a/../..")),
+            None
+        );
+        let other = Path::new("/var/lib/kubelet/pods/u/other/cache/app/0");
+        assert_eq!(
+            pod_memory_name(Path::new("/sub"), other, |_| true, at("/a")),
+            None
+        );
+
+        let info = "22 1 0:21 / /run rw shared:5 - tmpfs tmpfs rw\n\
+                    90 22 0:40 / /var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache rw - tmpfs tmpfs rw\n\
+                    91 22 0:40 /a\\040dir/b /var/lib/kubelet/pods/u/volume-subpaths/cache/app/0 rw - tmpfs tmpfs rw\n";
+        assert_eq!(mount_root_in(info, sub), Some(PathBuf::from("/a dir/b")));
+        assert_eq!(mount_root_in(info, Path::new("/nowhere")), None);
+    }
+
+    #[test]
     fn dev_shm_and_memory_empty_dirs_are_the_guests_tmpfs_other_binds_stay_host_binds() {
-        let tmpfs = |_: &Path| true;
-        let disk = |_: &Path| false;
+        let (tmpfs, disk) = (true, false);
+        let pod_memory_name = |d: &Path, s: &Path, on_tmpfs: bool| {
+            pod_memory_name(d, s, |_| on_tmpfs, |_| None).map(|p| p.display().to_string())
+        };
         let shm = Path::new("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/p/shm");
         assert_eq!(
             pod_memory_name(Path::new("/dev/shm"), shm, disk).as_deref(),

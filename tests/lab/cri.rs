@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use carapace_tests::cri::{pod_namespaces, pod_security, v1 as cri, Cri, HANDLERS, SUBNET};
+use carapace_tests::cri::{
+    pod_namespaces, pod_security, v1 as cri, with_mounts, Cri, KubeletMemoryVolume, HANDLERS,
+    SUBNET,
+};
 use carapace_tests::lab::wait_for;
 use carapace_tests::lab_test;
 
@@ -59,7 +62,7 @@ fn status_lines(c: &Cri, id: &str, pid: &str, keys: &[&str]) -> Vec<String> {
 }
 
 lab_test! {
-    fn cri_pod_containers_share_the_sandboxs_namespaces_sysctls_and_dev_shm() {
+    fn cri_pod_containers_share_the_sandboxs_namespaces_sysctls_dev_shm_and_memory_empty_dirs() {
         let c = Cri::start();
         for handler in HANDLERS {
             let name = format!("ns-{handler}");
@@ -75,8 +78,13 @@ lab_test! {
                     s.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Pod as i32;
                 })
             };
-            let a = start(&c, &sid, &pod, pod_pid(c.container_config("a", &["sleep", "3600"])));
-            let b = start(&c, &sid, &pod, pod_pid(c.container_config("b", &["sleep", "3600"])));
+            // A memory emptyDir as the kubelet lays it out: the whole volume in a, a subPath
+            // of it in b.
+            let kubelet = KubeletMemoryVolume::new(&c.dir().join(format!("kubelet-{handler}")), &name, "cache", "a/b", "b");
+            let a = with_mounts(c.container_config("a", &["sleep", "3600"]), &[("/cache", &kubelet.volume)]);
+            let a = start(&c, &sid, &pod, pod_pid(a));
+            let b = with_mounts(c.container_config("b", &["sleep", "3600"]), &[("/sub", &kubelet.subpath)]);
+            let b = start(&c, &sid, &pod, pod_pid(b));
 
             // shareProcessNamespace: pid 1 is the sandbox's pause process, and each container
             // sees the other's processes.
@@ -104,7 +112,18 @@ lab_test! {
             assert_eq!(shm, "tmpfs", "{handler}: /dev/shm's file system");
             c.exec_ok(&a, &["sh", "-c", "echo shared-by-a >/dev/shm/note"]);
             assert_eq!(c.exec_ok(&b, &["cat", "/dev/shm/note"]), "shared-by-a", "{handler}");
+            // The emptyDir is a tmpfs, and its subPath the same directory: under carapace both
+            // in guest memory, so nothing of it reaches the host's tmpfs.
+            let fs = c.exec_ok(&a, &["sh", "-c", "awk '$2 == \"/cache\" { print $3 }' /proc/mounts"]);
+            assert_eq!(fs, "tmpfs", "{handler}: the memory emptyDir's file system");
+            c.exec_ok(&a, &["sh", "-c", "echo written-by-a >/cache/a/b/note"]);
+            assert_eq!(c.exec_ok(&b, &["cat", "/sub/note"]), "written-by-a", "{handler}: the subPath");
+            c.exec_ok(&b, &["sh", "-c", "echo written-by-b >/sub/back"]);
+            assert_eq!(c.exec_ok(&a, &["cat", "/cache/a/b/back"]), "written-by-b", "{handler}");
+            let on_host = kubelet.volume.join("a/b/note").exists();
+            assert_eq!(on_host, handler == "runc", "{handler}: the volume's files are on the host's tmpfs only under runc");
             c.remove_pod(&sid);
+            drop(kubelet);
         }
         drop(c);
     }

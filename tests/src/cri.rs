@@ -587,3 +587,84 @@ impl ChannelStream {
         Ok(None)
     }
 }
+
+/// A memory emptyDir as a kubelet lays one out on the node: a tmpfs at
+/// `<root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<volume>`, and a subPath of it bound at
+/// `<root>/pods/<uid>/volume-subpaths/<volume>/<container>/0`. Unmounted when dropped.
+pub struct KubeletMemoryVolume {
+    /// The volume's host path (what a container mounting the whole volume gets).
+    pub volume: PathBuf,
+    /// The subPath's bind (what a container mounting the subPath gets).
+    pub subpath: PathBuf,
+    root: PathBuf,
+}
+
+impl KubeletMemoryVolume {
+    /// Lays out `volume` of pod `uid` under `root`, with directory `sub` of it bound as the
+    /// subPath of `container`.
+    pub fn new(root: &Path, uid: &str, volume: &str, sub: &str, container: &str) -> Self {
+        let pod = root.join("pods").join(uid);
+        let v = Self {
+            volume: pod.join("volumes/kubernetes.io~empty-dir").join(volume),
+            subpath: pod
+                .join("volume-subpaths")
+                .join(volume)
+                .join(container)
+                .join("0"),
+            root: root.to_path_buf(),
+        };
+        std::fs::create_dir_all(&v.volume).unwrap();
+        std::fs::create_dir_all(&v.subpath).unwrap();
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("mount")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "mount {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "tmpfs".as_ref(),
+            v.volume.as_os_str(),
+        ]);
+        std::fs::create_dir_all(v.volume.join(sub)).unwrap();
+        run(&[
+            "--bind".as_ref(),
+            v.volume.join(sub).as_os_str(),
+            v.subpath.as_os_str(),
+        ]);
+        v
+    }
+}
+
+impl Drop for KubeletMemoryVolume {
+    fn drop(&mut self) {
+        for m in [&self.subpath, &self.volume] {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// `config` with `mounts` (container path, host path) added, read-write.
+pub fn with_mounts(
+    mut config: cri::ContainerConfig,
+    mounts: &[(&str, &Path)],
+) -> cri::ContainerConfig {
+    for (container_path, host_path) in mounts {
+        config.mounts.push(cri::Mount {
+            container_path: container_path.to_string(),
+            host_path: host_path.display().to_string(),
+            ..Default::default()
+        });
+    }
+    config
+}
