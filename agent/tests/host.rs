@@ -909,4 +909,10 @@ async fn a_pod_memory_subpath_is_a_directory_of_its_volume_and_a_planted_link_is
         with_mounts(vec![bind("/x", format!("{volume}/../shm"))]),
     );
     assert_eq!(code(a.create("c3", spec).await), Code::INVALID_ARGUMENT);
+    // The volume's tmpfs went with the agent's mount namespace; its empty mount point and
+    // the pod-memory directory the agent made on this file system go too.
+    drop(a);
+    let _ = std::fs::remove_dir(&volume);
+    let _ = std::fs::remove_dir(carapace_protocol::POD_MEMORY_DIR);
+    let _ = std::fs::remove_dir("/run/carapace");
 }

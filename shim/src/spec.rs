@@ -115,6 +115,38 @@ pub fn pod_namespaces(spec: &Spec, pod_pid: Option<u32>) -> Result<Vec<String>> 
     Ok(shared)
 }
 
+/// Refuses a spec with a bind mount that asks for shared or slave propagation (Kubernetes'
+/// Bidirectional and HostToContainer, `rshared`/`rslave` in the mount's options): mounts made
+/// on the host later cannot reach a container in a VM, nor a container's mounts the host. A
+/// container's own mounts keep private propagation, as every other runtime's by default.
+pub fn refuse_host_propagation(spec: &Spec) -> Result<()> {
+    for m in spec.mounts().iter().flatten() {
+        let options = m.options().clone().unwrap_or_default();
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        let asked = options
+            .iter()
+            .find(|o| matches!(o.as_str(), "shared" | "rshared" | "slave" | "rslave"));
+        if let (true, Some(asked)) = (is_bind, asked) {
+            let kind = if asked.ends_with("shared") {
+                "Bidirectional"
+            } else {
+                "HostToContainer"
+            };
+            return Err(ShimError::InvalidArgument(format!(
+                "the mount of {} on {} asks for {asked} propagation ({kind} in Kubernetes): \
+                 mount propagation between the host and a container cannot reach through \
+                 carapace's VM",
+                m.source()
+                    .as_deref()
+                    .map_or_else(|| "?".into(), |p| p.display().to_string()),
+                m.destination().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a spec that shares one of the host's pid, ipc, uts or network namespaces (the spec
 /// has no namespace of that type: how CRI asks for hostPID, hostIPC and hostNetwork, and
 /// `ctr run --net-host` for the network): the container runs in a VM, which cannot share any
@@ -336,6 +368,44 @@ mod tests {
     use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder};
 
     use super::*;
+
+    #[test]
+    fn host_mount_propagation_is_refused_by_name_private_binds_are_not() {
+        let with = |options: &[&str]| {
+            let mut spec = Spec::default();
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            mounts.push(
+                MountBuilder::default()
+                    .destination("/data")
+                    .typ("bind")
+                    .source("/srv/data")
+                    .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                    .build()
+                    .unwrap(),
+            );
+            spec.set_mounts(Some(mounts));
+            refuse_host_propagation(&spec)
+        };
+        assert!(with(&["rbind", "rprivate", "rw"]).is_ok());
+        assert!(
+            refuse_host_propagation(&Spec::default()).is_ok(),
+            "containerd's default mounts"
+        );
+        for (option, kind) in [
+            ("rslave", "HostToContainer"),
+            ("rshared", "Bidirectional"),
+            ("slave", "HostToContainer"),
+        ] {
+            let e = with(&["rbind", option, "rw"]).unwrap_err().to_string();
+            assert!(
+                e.contains(option)
+                    && e.contains(kind)
+                    && e.contains("/srv/data")
+                    && e.contains("/data"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn the_root_dir_is_the_specs_root_path_relative_to_the_bundle_or_absolute() {

@@ -425,6 +425,29 @@ lab_test! {
                 "{handler}: GET / through PortForward: {forwarded:?}\n{}",
                 c.log()
             );
+            // Mount propagation from the host (HostToContainer): what a VM cannot carry,
+            // refused by name at CreateContainer (runc's depends on the host's own mounts).
+            if *handler == "carapace" {
+                // containerd itself wants the source on a shared or slave mount.
+                let source = c.dir().join("propagated");
+                std::fs::create_dir_all(&source).unwrap();
+                let mount = |args: &[&str]| {
+                    let st = std::process::Command::new("mount").args(args).arg(&source).status().unwrap();
+                    assert!(st.success(), "mount {args:?}");
+                };
+                mount(&["--bind", source.to_str().unwrap()]);
+                mount(&["--make-shared"]);
+                let mut config = c.container_config("propagated", &["true"]);
+                config.mounts.push(cri::Mount {
+                    container_path: "/data".into(),
+                    host_path: source.display().to_string(),
+                    propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+                    ..Default::default()
+                });
+                let err = c.start_container(&sid, &pod, config).expect_err("carapace refuses HostToContainer propagation");
+                let _ = std::process::Command::new("umount").arg(&source).status();
+                assert!(err.message().contains("HostToContainer"), "{err}");
+            }
             c.remove_pod(&sid);
         }
 

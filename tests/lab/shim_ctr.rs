@@ -98,6 +98,9 @@ fn spec_with_hooks(
     spec["process"]["args"] = serde_json::json!(cmd);
     spec["process"]["terminal"] = serde_json::json!(false);
     spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    // `ctr oci spec` has no container id to put in its cgroup path (it prints "/default", a
+    // parent of other tests' containers); `ctr run` would name the container's own.
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/default/hooks-{name}"));
     spec["hooks"] = hooks;
     let path = dir.join(format!("spec-{name}.json"));
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();

@@ -160,6 +160,7 @@ impl Pod {
         // Before anything is made for the pod: a refusal leaves nothing to undo.
         let pod_pid = state.sandbox.as_ref().map(|_| state.pid());
         spec::refuse_host_namespaces(&oci)?;
+        spec::refuse_host_propagation(&oci)?;
         let hooks = crate::hooks::take(&mut oci)?;
         let shared_namespaces = spec::pod_namespaces(&oci, pod_pid)?;
         let booting = match &state.sandbox {
