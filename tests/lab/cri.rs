@@ -305,6 +305,19 @@ lab_test! {
             c.remove_container(&shell)
                 .unwrap_or_else(|e| panic!("{handler}: RemoveContainer: {e}"));
 
+            // Attach to a container's own terminal and stdin (kubectl attach -it): what it is
+            // sent runs in the container's first process, whose exit ends the stream.
+            let mut config = c.container_config("attached", &["sh"]);
+            (config.stdin, config.tty) = (true, true);
+            let attached = start(&c, &sid, &pod, config);
+            let (out, _) = c
+                .attach_tty(&attached, b"echo attached-$((40+2)); exit 5\n", Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{handler}: Attach: {e}\n{}", c.log()));
+            assert!(out.contains("attached-42"), "{handler}: the attached terminal: {out:?}");
+            assert_eq!(c.wait_exit(&attached, Duration::from_secs(30)), Some(5), "{handler}: the attached shell's status");
+            c.remove_container(&attached)
+                .unwrap_or_else(|e| panic!("{handler}: RemoveContainer: {e}"));
+
             // A process that handles SIGTERM exits with its own status.
             let trapper = start(
                 &c,
@@ -334,6 +347,18 @@ lab_test! {
             c.call(|mut r| async move { r.reopen_container_log(reopen).await })
                 .unwrap_or_else(|e| panic!("{handler}: ReopenContainerLog: {e}"));
             assert!(logged("stdout F line", &log).is_some(), "{handler}: lines after reopening");
+
+            // ListContainerStats of the pod names the running container with its figures.
+            let listed = c
+                .call(|mut r| {
+                    let filter = cri::ContainerStatsFilter { pod_sandbox_id: sid.clone(), ..Default::default() };
+                    async move { r.list_container_stats(cri::ListContainerStatsRequest { filter: Some(filter) }).await }
+                })
+                .unwrap_or_else(|e| panic!("{handler}: ListContainerStats: {e}"))
+                .stats;
+            let mine = listed.iter().find(|s| s.attributes.as_ref().is_some_and(|a| a.id == trapper));
+            let listed_cpu = mine.and_then(|s| s.cpu.as_ref()).and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
+            assert!(listed_cpu > 0, "{handler}: ListContainerStats: {listed:?}");
 
             // Stats with real figures.
             let stats = c

@@ -248,21 +248,29 @@ impl Cri {
             .call(|mut c| async move { c.exec(request).await })
             .map_err(|e| format!("Exec: {e}"))?
             .url;
-        let mut ws = ChannelStream::open(&url)?;
-        ws.send(0, input)?;
-        let (mut out, mut status) = (Vec::new(), Vec::new());
-        let deadline = std::time::Instant::now() + timeout;
-        while let Some((channel, bytes)) = ws.recv(deadline)? {
-            match channel {
-                1 | 2 => out.extend_from_slice(&bytes),
-                3 => status.extend_from_slice(&bytes),
-                _ => {}
-            }
-        }
-        Ok((
-            String::from_utf8_lossy(&out).into_owned(),
-            String::from_utf8_lossy(&status).into_owned(),
-        ))
+        terminal_session(&url, input, timeout)
+    }
+
+    /// CRI Attach to the terminal and stdin of container `id` (started with `tty` and
+    /// `stdin`), as `kubectl attach -it` does it; what [`Cri::exec_tty`] returns.
+    pub fn attach_tty(
+        &self,
+        id: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<(String, String), String> {
+        let request = cri::AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        };
+        let url = self
+            .call(|mut c| async move { c.attach(request).await })
+            .map_err(|e| format!("Attach: {e}"))?
+            .url;
+        terminal_session(&url, input, timeout)
     }
 
     /// Whether the CRI's image service knows `image`.
@@ -667,4 +675,29 @@ pub fn with_mounts(
         });
     }
     config
+}
+
+/// Writes `input` to the stdin channel of the streaming URL `url` (an Exec's or an Attach's
+/// with a terminal) and collects the terminal's output (channels 1 and 2) and the status
+/// (channel 3) until the stream closes or `timeout` passes.
+fn terminal_session(
+    url: &str,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<(String, String), String> {
+    let mut ws = ChannelStream::open(url)?;
+    ws.send(0, input)?;
+    let (mut out, mut status) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + timeout;
+    while let Some((channel, bytes)) = ws.recv(deadline)? {
+        match channel {
+            1 | 2 => out.extend_from_slice(&bytes),
+            3 => status.extend_from_slice(&bytes),
+            _ => {}
+        }
+    }
+    Ok((
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&status).into_owned(),
+    ))
 }
